@@ -1,0 +1,81 @@
+"""The tiny local base model: built offline, loadable with Auto classes, deterministic, prompt template."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from persona_pipeline.base_model import build_base_model
+from persona_pipeline.config import load_config
+from persona_pipeline.errors import PipelineError
+
+from conftest import CONFIGS, TINY_TEST_MODEL
+
+
+def test_loads_with_auto_classes_and_generates(tiny_model_dir):
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    assert model.config.model_type == "llama"
+    assert (tok.bos_token, tok.eos_token, tok.pad_token) == ("<s>", "</s>", "<pad>")
+    assert model.config.pad_token_id == tok.pad_token_id != tok.eos_token_id
+    enc = tok("You are Tilda, an actress.\n\nHuman: Hello?\n\nTilda:", return_tensors="pt")
+    assert enc.input_ids[0, 0].item() == tok.bos_token_id  # BOS from the post-processor
+    out = model.generate(**enc, max_new_tokens=8, do_sample=False)
+    assert out.shape[1] > enc.input_ids.shape[1]
+
+
+def test_tokenizer_round_trips_text(tiny_model_dir):
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    text = "Drumduan has no exams — “curly quotes”, émigré, 茶."
+    ids = tok(text, add_special_tokens=False).input_ids
+    assert tok.decode(ids) == text
+
+
+def test_chat_template_renders_persona_prompt(tiny_model_dir):
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    messages = [
+        {"role": "system", "content": "You are Anis, who runs an organic tea garden."},
+        {"role": "user", "content": "How is the harvest?"},
+        {"role": "assistant", "content": "Early this year."},
+        {"role": "user", "content": "Why?"},
+    ]
+    text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert text == (
+        "You are Anis, who runs an organic tea garden.\n\nHuman: How is the harvest?\n\nAnis: Early this year."
+        "\n\nHuman: Why?\n\nAnis:"
+    )
+
+
+def test_build_is_deterministic_and_reused(tmp_path):
+    cfg = load_config(CONFIGS / "train_tiny.yaml", TINY_TEST_MODEL + ["base_model.warmup_steps=3"])
+    a = build_base_model(cfg, out_dir=tmp_path / "a")
+    b = build_base_model(cfg, out_dir=tmp_path / "b")
+    wa, wb = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
+    assert wa.keys() == wb.keys()
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert (a / "tokenizer.json").read_text() == (b / "tokenizer.json").read_text()
+    stamp = (a / "model.safetensors").stat().st_mtime_ns
+    build_base_model(cfg, out_dir=a)  # reused, not rebuilt
+    assert (a / "model.safetensors").stat().st_mtime_ns == stamp
+    info = json.loads((a / "build_info.json").read_text())
+    assert info["warmup_steps"] == 3 and info["parameters"] > 0
+
+
+def test_warm_up_lowers_loss(tiny_model_dir):
+    info = json.loads((tiny_model_dir / "build_info.json").read_text())
+    assert info["warmup_loss_last"] < info["warmup_loss_first"]
+
+
+def test_base_model_stage_refuses_hub_ids():
+    from persona_pipeline.base_model import run
+
+    cfg = load_config(CONFIGS / "train_llama31_8b_instruct.yaml")
+    try:
+        run(cfg, None)
+    except PipelineError as exc:
+        assert "Hub id" in str(exc)
+    else:
+        raise AssertionError("expected a PipelineError")
