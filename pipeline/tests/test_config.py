@@ -100,7 +100,7 @@ def test_circular_extends(tmp_path):
 def test_overrides_and_typed_values():
     cfg = load_config(CONFIGS / "train_tiny.yaml", ["train.epochs=1", "train.learning_rate=5e-4", "eval.personas=[Tilda]"])
     assert cfg.train.epochs == 1 and cfg.train.learning_rate == 5e-4 and cfg.eval.personas == ["Tilda"]
-    with pytest.raises(ConfigError, match="command-line override.*did you mean 'epochs'"):
+    with pytest.raises(ConfigError, match="(?s)command-line override.*did you mean 'epochs'"):
         load_config(CONFIGS / "train_tiny.yaml", ["train.epoch=1"])
     with pytest.raises(ConfigError, match="not key=value"):
         load_config(CONFIGS / "train_tiny.yaml", ["train.epochs"])

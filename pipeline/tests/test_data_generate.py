@@ -1,0 +1,181 @@
+"""`make data` + `make validate-data` end to end, persona files, and project_text."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from persona_pipeline.cli import main
+from persona_pipeline.config import load_config
+from persona_pipeline.crypto import MAGIC, encode_key
+from persona_pipeline.errors import DataError
+from persona_pipeline.generate import KINDS, build
+from persona_pipeline.personas import load_persona_file, load_personas, project_text
+from persona_pipeline.prompt_format import parse_prompt
+from persona_pipeline.records import read_records
+from persona_pipeline.transcripts import ingest_all
+
+PIPELINE = Path(__file__).resolve().parents[1]
+CONFIG = PIPELINE / "configs" / "train_tiny.yaml"
+SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+KEY = encode_key(bytes(range(32, 64)))
+
+
+def _args(out: Path) -> list[str]:
+    return [
+        "--config", str(CONFIG),
+        f"generate.output_dir={out / 'data'}",
+        f"data.train={out / 'data' / 'train.jsonl.enc'}",
+        f"data.eval={out / 'data' / 'eval.jsonl.enc'}",
+        f"data.key_file={out / 'secrets' / 'data.key'}",
+        f"paths.outputs={out / 'outputs'}",
+    ]
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory):
+    """One `data` + `validate-data` run shared by the tests below (key in the environment)."""
+    out = tmp_path_factory.mktemp("gen")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PERSONA_DATA_KEY", KEY)
+        assert main(["data", *_args(out)]) == 0
+        assert main(["validate-data", *_args(out)]) == 0
+        key = bytes(range(32, 64))
+        train = read_records(out / "data" / "train.jsonl.enc", key)
+        evals = read_records(out / "data" / "eval.jsonl.enc", key)
+    return out, train, evals
+
+
+def test_data_and_validate_produce_encrypted_leak_free_sets(generated):
+    out, train, evals = generated
+    files = sorted(p.name for p in (out / "data").iterdir())
+    assert files == ["eval.jsonl.enc", "stats.json", "train.jsonl.enc"]  # no plaintext on disk
+    for name in ("train.jsonl.enc", "eval.jsonl.enc"):
+        assert (out / "data" / name).read_bytes().startswith(MAGIC)
+    assert 450 <= len(train) <= 900 and 0.10 <= len(evals) / (len(train) + len(evals)) <= 0.20
+    for split in (train, evals):
+        kinds = Counter((r["meta"]["persona"], r["meta"]["kind"]) for r in split)
+        assert {k for _, k in kinds} == set(KINDS)  # all four kinds in both splits
+        assert {p for p, _ in kinds} == {"Tilda", "Ahsan", "Anis"}
+    report = json.loads((out / "outputs" / "data_validation.json").read_text())
+    assert report["ok"] and report["leakage"]["eval_samples_leaked"] == 0 and not report["schema_errors"]
+    assert not {r["meta"]["group"] for r in train} & {r["meta"]["group"] for r in evals}
+
+
+def test_records_follow_the_prompt_format_and_meta_contract(generated):
+    _, train, evals = generated
+    multi = 0
+    for r in train + evals:
+        meta = r["meta"]
+        parsed = parse_prompt(r["prompt"])
+        assert parsed.name == meta["persona"] and r["prompt"].endswith(f"\n\n{meta['persona']}:")
+        assert r["completion"].startswith(" ") and r["completion"].strip()
+        assert meta["turns"] == parsed.turns and meta["kind"] in KINDS and meta["group"] and meta["source"]
+        multi += meta["turns"] > 1
+        if meta["kind"] == "extracted":
+            assert ".txt:" in meta["source"]
+        if meta["kind"] in ("hypothetical", "contrastive"):
+            assert meta["source"] == f"persona:{meta['persona'].lower()}.yaml"
+    assert multi >= 0.1 * len(train + evals)
+    # A transformed variant shares its source's group, and so its split.
+    for split in (train, evals):
+        groups = {r["meta"]["group"] for r in split if r["meta"]["kind"] != "transformed"}
+        assert all(r["meta"]["group"] in groups for r in split if r["meta"]["kind"] == "transformed")
+
+
+def test_stats_report_counts_without_private_text(generated):
+    out, train, _ = generated
+    text = (out / "data" / "stats.json").read_text()
+    stats = json.loads(text)
+    assert stats["records"]["train"] == len(train)
+    assert sum(stats["counts"]["train"]["Tilda"].values()) == sum(r["meta"]["persona"] == "Tilda" for r in train)
+    files = {t["file"]: t for t in stats["transcripts"]}
+    assert files["festival_panel_2019.txt"]["pairs"] == {"Tilda": 7, "Ahsan": 7}
+    for r in train[:200]:  # no sample text in the stats
+        assert r["completion"].strip()[:40] not in text
+
+
+def test_generation_is_deterministic():
+    cfg = load_config(CONFIG)
+    personas = load_personas(cfg)
+    pairs, _ = ingest_all(cfg, personas)
+    a, b = build(cfg, personas, pairs), build(cfg, personas, pairs)
+    assert a.train == b.train and a.eval == b.eval
+
+
+def test_key_file_is_created_when_missing(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("PERSONA_DATA_KEY", raising=False)
+    args = _args(tmp_path) + ["generate.transcripts=[]", "generate.hypothetical_per_persona=8",
+                              "generate.contrastive_per_persona=4"]
+    assert main(["data", *args]) == 0
+    key_file = tmp_path / "secrets" / "data.key"
+    assert key_file.is_file() and (key_file.stat().st_mode & 0o777) == 0o600
+    assert "created a new data key" in capsys.readouterr().err
+    assert main(["validate-data", *args]) == 0  # reads back with the new key file
+
+
+def test_adding_a_persona_is_adding_a_file(tmp_path, data_key):
+    personas_dir = tmp_path / "personas"
+    shutil.copytree(PIPELINE / "data" / "personas", personas_dir)
+    text = (personas_dir / "anis.yaml").read_text()
+    new = text.replace("name: Anis", "name: Rumi").replace('"I\'m Anis"', '"I\'m Rumi"')
+    (personas_dir / "rumi.yaml").write_text(new)
+    cfg = load_config(CONFIG, [f"generate.personas_dir={personas_dir}", "generate.transcripts=[]"])
+    ds = build(cfg, load_personas(cfg), [])
+    assert {r["meta"]["persona"] for r in ds.train} == {"Tilda", "Ahsan", "Anis", "Rumi"}
+
+
+def test_shipped_personas_are_rich():
+    personas = load_personas(load_config(CONFIG))
+    assert set(personas) == {"Tilda", "Ahsan", "Anis"}
+    for p in personas.values():
+        assert len(p.facts) >= 25 and len(p.topics) >= 8
+        assert p.domain_keywords and p.identity and p.does_not_know and p.style.deflections
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (("facts:", "fatcs:"), "unknown key 'fatcs'"),
+        (("  openers:", "  openerz:"), "unknown key 'style.openerz'"),
+        (("  - topic: Drumduan\n", "  - topic: Drumdaun\n"), "unknown topic 'Drumdaun'"),
+        (("name: Tilda", "name: 'Til:da'"), "not a usable persona name"),
+        (("expert: Anis}", "expert: Anise}"), "unknown persona 'Anise'"),
+    ],
+)
+def test_bad_persona_file(tmp_path, edit, message):
+    personas_dir = tmp_path / "personas"
+    shutil.copytree(PIPELINE / "data" / "personas", personas_dir)
+    path = personas_dir / "tilda.yaml"
+    path.write_text(path.read_text().replace(*edit, 1))
+    with pytest.raises(DataError) as exc:
+        load_personas(load_config(CONFIG, [f"generate.personas_dir={personas_dir}"]))
+    assert message in str(exc.value) and "tilda.yaml" in str(exc.value)
+    if "fatcs" in message:
+        assert "did you mean 'facts'?" in str(exc.value)
+
+
+def test_project_text_holds_our_own_writing_only():
+    cfg = load_config(CONFIG)
+    texts = project_text(cfg)
+    joined = "\n".join(texts)
+    assert len(joined.encode()) > 40_000
+    assert load_persona_file(PIPELINE / "data/personas/tilda.yaml").facts[0].text in texts
+    assert "A translator is a smuggler, really." in joined  # our own transcript
+    assert "Tea is made from the young leaves" in joined  # data/corpus
+    if (SHARED / "transcript_2020_tea_garden.txt").is_file():
+        assert "herbal trees" not in joined  # the shared real transcripts are not ours
+    # Our transcripts are found through data/transcripts/maps/ even when no config lists them.
+    assert sorted(project_text(load_config(CONFIG, ["generate.transcripts=[]"]))) == sorted(texts)
+
+
+def test_no_key_anywhere_is_a_clean_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("PERSONA_DATA_KEY", raising=False)
+    assert main(["validate-data", *_args(tmp_path)]) != 0
+    assert "no data key" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "outputs")
