@@ -84,6 +84,7 @@ def _warm_up(model, tokenizer, texts: list[str], cfg: Config, steps: int) -> lis
     """A short causal-LM pass over the project's text (plain loop: it is seconds long)."""
     import torch
     from tqdm.auto import tqdm
+    from transformers import get_cosine_schedule_with_warmup
 
     bm = cfg.base_model
     block = 128
@@ -95,7 +96,7 @@ def _warm_up(model, tokenizer, texts: list[str], cfg: Config, steps: int) -> lis
         return []
     rng = random.Random(bm.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=bm.warmup_learning_rate, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=bm.warmup_learning_rate, total_steps=steps, pct_start=0.1)
+    sched = get_cosine_schedule_with_warmup(opt, max(1, steps // 10), steps)
     model.train()
     losses = []
     for _ in tqdm(range(steps), desc="warm-up", unit="step", leave=False):
@@ -127,6 +128,7 @@ def build_base_model(
     start = time.perf_counter()
     texts = _project_text(cfg)
     tokenizer = train_tokenizer(texts, bm.vocab_size)
+    tokenizer_seconds = time.perf_counter() - start
     torch.manual_seed(bm.seed)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
@@ -158,6 +160,7 @@ def build_base_model(
         "warmup_loss_first": losses[0] if losses else None,
         "warmup_loss_last": sum(losses[-10:]) / len(losses[-10:]) if losses else None,
         "seed": bm.seed,
+        "tokenizer_seconds": round(tokenizer_seconds, 1),
         "seconds": round(time.perf_counter() - start, 1),
         "texts": len(texts),
     }

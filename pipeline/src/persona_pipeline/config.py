@@ -48,8 +48,8 @@ class BaseModelConfig:
     intermediate_size: int = 768
     max_position_embeddings: int = 1024
     # Short causal-LM pass over the project's own text so that baseline output is English-like.
-    warmup_steps: int = 300
-    warmup_batch_size: int = 16
+    warmup_steps: int = 120
+    warmup_batch_size: int = 8
     warmup_learning_rate: float = 3e-3
     seed: int = 1234
 
