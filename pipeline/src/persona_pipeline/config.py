@@ -41,11 +41,11 @@ class BaseModelConfig:
     """The tiny local Llama built by `make base-model` (CPU demo and tests); written to model.name_or_path."""
 
     vocab_size: int = 2048
-    hidden_size: int = 256
+    hidden_size: int = 128
     num_layers: int = 4
     num_heads: int = 4
     num_kv_heads: int = 2
-    intermediate_size: int = 768
+    intermediate_size: int = 384
     max_position_embeddings: int = 1024
     # Short causal-LM pass over the project's own text so that baseline output is English-like.
     warmup_steps: int = 120
@@ -163,6 +163,9 @@ class EvalConfig:
     # bench-eval: prompts generated one at a time and batched, and how often (medians reported).
     bench_samples: int = 32
     bench_repeats: int = 3
+    # CPU threads for eval / bench-eval / merge; null: train.num_threads. On a shared 2-core box
+    # 1 thread generates faster than 2 (thread contention), batched generation most of all.
+    num_threads: Optional[int] = None
 
 
 @dataclass
