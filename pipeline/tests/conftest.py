@@ -65,7 +65,7 @@ def make_cfg(tmp_path, tiny_model_dir, data_key):
             f"data.eval={tmp_path / 'data' / 'eval.jsonl.enc'}",
             f"data.key_file={tmp_path / 'secrets' / 'persona_data.key'}",
             f"generate.output_dir={tmp_path / 'data'}",
-            "train.num_threads=2",
+            "train.num_threads=1",
         ]
         return load_config(CONFIGS / name, base + list(overrides))
 

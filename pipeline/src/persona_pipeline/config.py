@@ -150,6 +150,9 @@ class EvalConfig:
     source: Literal["run", "merged", "base"] = "run"
     batch_size: int = 16
     max_new_tokens: int = 128
+    # EOS is not allowed before this many tokens: a weak model's greedy first choice is often EOS
+    # (an empty answer), which would hide what it learnt. Applies to baseline and fine-tuned alike.
+    min_new_tokens: int = 1
     do_sample: bool = False
     temperature: float = 0.7
     top_p: float = 0.9

@@ -149,7 +149,10 @@ def load_causal_lm(cfg: Config, name_or_path: str | None = None, *, quantize: bo
         kwargs["attn_implementation"] = cfg.model.attn_implementation
     if qconf is not None:
         kwargs["quantization_config"] = qconf
-        kwargs["device_map"] = {"": 0}
+        from accelerate import PartialState
+
+        # One GPU per process under torchrun / accelerate.
+        kwargs["device_map"] = {"": PartialState().local_process_index}
     try:
         model = AutoModelForCausalLM.from_pretrained(loc, **kwargs)
     except OSError as exc:
