@@ -81,13 +81,14 @@ def _figures(step: Step, cfg: Config, run_dir: Path | None) -> tuple[str, str]:
                 str(cfg.resolve(cfg.model.name_or_path)))
     if step.stage == "data":
         stats = _read_json(cfg.resolve(cfg.generate.output_dir) / "stats.json")
-        return (f"train {stats.get('train', {}).get('total', '-')}, eval {stats.get('eval', {}).get('total', '-')}",
+        recs = stats.get("records", {})
+        return (f"{recs.get('train', '-')} train / {recs.get('eval', '-')} eval samples",
                 str(cfg.resolve(cfg.generate.output_dir)))
     if run_dir is None:
         return "", ""
     if step.stage == "train":
         s = _read_json(run_dir / "train_summary.json")
-        return (f"train loss {_fmt(s.get('train_loss'))}, eval loss {_fmt(s.get('base_eval_loss'))} -> "
+        return (f"train loss {_fmt(s.get('final_train_loss'))}, eval loss {_fmt(s.get('base_eval_loss'))} -> "
                 f"{_fmt(s.get('final_eval_loss'))}", str(run_dir))
     if step.stage == "merge":
         return "", str(run_dir / "merged")
@@ -95,13 +96,13 @@ def _figures(step: Step, cfg: Config, run_dir: Path | None) -> tuple[str, str]:
         sub = "eval_baseline" if step.config == "baseline" else "eval"
         m = _read_json(run_dir / sub / "metrics.json").get("overall", {})
         return (f"R1 {_fmt(m.get('rouge1'))} R2 {_fmt(m.get('rouge2'))} RL {_fmt(m.get('rougeL'))} "
-                f"BLEU {_fmt(m.get('bleu'))} blend {_fmt(m.get('blending_rate'))}", str(run_dir / sub))
+                f"BLEU {_fmt(m.get('bleu'))} blend {_fmt(m.get('blend_rate'))}", str(run_dir / sub))
     if step.stage == "compare":
         return "", str(run_dir / "compare")
     if step.stage == "gguf-check":
         c = _read_json(run_dir / "gguf" / "check-Q8_0.json")
         return (f"top-1 agree {_fmt(c.get('top1_agreement'))}, max |dlogit| {_fmt(c.get('max_logit_diff'), 4)}, "
-                f"greedy equal {c.get('greedy_equal', '-')}", str(run_dir / "gguf"))
+                f"greedy equal {c.get('greedy_equal', '-')}/{c.get('prompts', '-')}", str(run_dir / "gguf"))
     if step.stage == "gguf":
         return "", str(run_dir / "gguf")
     if step.stage == "publish-hf":
