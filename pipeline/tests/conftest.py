@@ -31,11 +31,12 @@ TINY_TEST_MODEL = [
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _few_threads():
+def _one_thread():
     import torch
 
-    # Timing noise and oversubscription: two cores shared by the test process and its children.
-    torch.set_num_threads(2)
+    # One torch thread: on a shared 2-core machine a second thread made tiny-model training and
+    # generation several times slower (measured), and tests spawn child processes too.
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

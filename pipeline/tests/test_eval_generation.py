@@ -9,17 +9,6 @@ from conftest import persona_records
 from persona_pipeline.generation import GenerationSettings, _finish, generate
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread: the fastest setting for tiny models on a shared 2-core machine."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _load(model_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -11,17 +11,6 @@ from persona_pipeline.cli import main
 from persona_pipeline.errors import PipelineError
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread: the fastest setting for tiny models on a shared 2-core machine."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def save_random_adapter(model_dir: Path, run_dir: Path, r: int = 8) -> Path:
     """A LoRA adapter with random (non-zero) B matrices, so that it really changes the model."""
     import torch
