@@ -66,22 +66,26 @@ def _ordered(sets: Sequence[frozenset[str]], freq: Counter) -> list[list[str]]:
     return [sorted(s, key=lambda tok: (freq[tok], tok)) for s in sets]
 
 
+def _matches(
+    index: dict[str, list[int]], toks: list[str], threshold: float, left: Sequence[frozenset[str]],
+    right_set: frozenset[str],
+) -> list[tuple[int, float]]:
+    """Indexed sets sharing a prefix token with ``toks`` whose Jaccard with ``right_set`` passes."""
+    cands: set[int] = set()
+    for tok in toks[: _prefix_len(len(toks), threshold)]:
+        cands.update(index[tok])
+    return [(i, sim) for i in cands if (sim := jaccard(left[i], right_set)) >= threshold]
+
+
 def similar_pairs(sets: Sequence[frozenset[str]], threshold: float) -> list[tuple[int, int, float]]:
     """All (i, j, similarity) with i < j and Jaccard >= threshold (prefix-filtered, exact)."""
     freq = Counter(tok for s in sets for tok in s)
-    ordered = _ordered(sets, freq)
     index: dict[str, list[int]] = defaultdict(list)
     out = []
-    for j, toks in enumerate(ordered):
+    for j, toks in enumerate(_ordered(sets, freq)):
         if not toks:
             continue
-        cands: set[int] = set()
-        for tok in toks[: _prefix_len(len(toks), threshold)]:
-            cands.update(index[tok])
-        for i in cands:
-            sim = jaccard(sets[i], sets[j])
-            if sim >= threshold:
-                out.append((i, j, sim))
+        out += [(i, j, sim) for i, sim in _matches(index, toks, threshold, sets, sets[j])]
         for tok in toks[: _prefix_len(len(toks), threshold)]:
             index[tok].append(j)
     return sorted(out)
@@ -98,15 +102,8 @@ def cross_pairs(
             index[tok].append(i)
     out = []
     for j, toks in enumerate(_ordered(right, freq)):
-        if not toks:
-            continue
-        cands: set[int] = set()
-        for tok in toks[: _prefix_len(len(toks), threshold)]:
-            cands.update(index[tok])
-        for i in cands:
-            sim = jaccard(left[i], right[j])
-            if sim >= threshold:
-                out.append((i, j, sim))
+        if toks:
+            out += [(i, j, sim) for i, sim in _matches(index, toks, threshold, left, right[j])]
     return sorted(out)
 
 
