@@ -56,7 +56,7 @@ def test_misspelled_key_suggests_nearest(tmp_path):
     with pytest.raises(ConfigError) as err:
         load_config(bad)
     msg = str(err.value)
-    assert str(bad) in msg and "lora.lora_alhpa" in msg and "did you mean 'lora_alpha'" in msg
+    assert f"{bad}:3:" in msg and "lora.lora_alhpa" in msg and "did you mean 'lora_alpha'" in msg
     assert err.value.exit_code == 2
 
 

@@ -414,6 +414,23 @@ def _parse_override(text: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
+def _key_line(path: Path, key: str) -> int | None:
+    """1-based line of a dotted key in a YAML file (the deepest part of it that is there)."""
+    try:
+        node = yaml.compose(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        return None
+    line = None
+    for part in key.split("[")[0].split("."):
+        if not isinstance(node, yaml.MappingNode):
+            break
+        match = next(((k, v) for k, v in node.value if k.value == part), None)
+        if match is None:
+            break
+        line, node = match[0].start_mark.line + 1, match[1]
+    return line
+
+
 def find_root(config_path: Path) -> Path:
     """The pipeline root: the nearest ancestor of the config holding pyproject.toml, else the cwd."""
     for parent in config_path.resolve().parents:
@@ -442,7 +459,9 @@ def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> 
         # Name the file that set the offending section, which may be a parent in the extends chain.
         top = exc.key.split(".")[0].split("[")[0]
         where = origin.get(top, path.resolve())
-        label = str(path) if where == path.resolve() else f"{where} (extended by {path})"
+        line = _key_line(where, exc.key)
+        shown = f"{path}:{line}" if line else str(path)
+        label = shown if where == path.resolve() else f"{where}{f':{line}' if line else ''} (extended by {path})"
         if any(exc.key == k or exc.key.startswith(k + ".") for k in overridden):
             label = f"command-line override (config {path})"
         raise ConfigError(f"{label}: {exc.message}", hint=exc.hint) from None
