@@ -117,10 +117,10 @@ def persona_records(n: int, seed: int) -> list[dict]:
 @pytest.fixture
 def write_dataset(data_key):
     """write_dataset(cfg, n_train=48, n_eval=12) writes encrypted train/eval sets where cfg points."""
-    from persona_pipeline.crypto import load_key
+    from persona_pipeline.keys import data_key
 
     def _write(cfg, n_train: int = 48, n_eval: int = 12):
-        key = load_key(cfg.resolve(cfg.data.key_file))
+        key = data_key(cfg)
         train, evl = persona_records(n_train, 1), persona_records(n_eval, 2)
         write_records(cfg.resolve(cfg.data.train), train, key)
         write_records(cfg.resolve(cfg.data.eval), evl, key)

@@ -41,10 +41,10 @@ CONTRASTIVE = "contrastive"
 
 
 def _key_for(cfg: Config, path: Path) -> bytes | None:
-    from .crypto import load_key
+    from .keys import data_key
     from .records import is_encrypted
 
-    return load_key(cfg.resolve(cfg.data.key_file)) if is_encrypted(path) else None
+    return data_key(cfg) if is_encrypted(path) else None
 
 
 def read_dataset(cfg: Config, path: Path) -> tuple[list[dict], str]:
@@ -272,13 +272,14 @@ def read_predictions(cfg: Config, eval_dir: Path) -> list[dict]:
 
 
 def _write(cfg: Config, out: Path, metrics: dict, samples: list[dict], encrypted: bool) -> None:
-    from .crypto import encrypt_bytes, load_key
+    from .crypto import encrypt_bytes
+    from .keys import data_key
     from .eval_report import render_report
 
     data = "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples).encode("utf-8")
     with atomic_dir(out) as tmp:
         if encrypted:
-            (tmp / (PREDICTIONS + ".enc")).write_bytes(encrypt_bytes(data, load_key(cfg.resolve(cfg.data.key_file))))
+            (tmp / (PREDICTIONS + ".enc")).write_bytes(encrypt_bytes(data, data_key(cfg)))
         else:
             (tmp / PREDICTIONS).write_bytes(data)
         (tmp / METRICS).write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

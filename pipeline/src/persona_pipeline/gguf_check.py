@@ -93,10 +93,10 @@ def check_prompts(cfg: Config) -> tuple[list[str], str]:
     """(prompts, where they came from): eval records spread over the personas, else built-in ones."""
     n = cfg.gguf.check_prompts
     try:
-        from .crypto import load_key
+        from .keys import data_key
         from .records import read_records
 
-        records = read_records(cfg.resolve(cfg.data.eval), load_key(cfg.resolve(cfg.data.key_file)))
+        records = read_records(cfg.resolve(cfg.data.eval), data_key(cfg))
         by_persona: dict[str, list[str]] = {}
         for r in records:
             by_persona.setdefault(str(r.get("meta", {}).get("persona", "")), []).append(r["prompt"])

@@ -22,6 +22,11 @@ if TYPE_CHECKING:  # pragma: no cover
 PLAINTEXT_DIR = "data/plaintext"
 
 
+def data_key(cfg: Config) -> bytes:
+    """The data key from $PERSONA_DATA_KEY or the configured key file (never created here)."""
+    return load_key(cfg.resolve(cfg.data.key_file))
+
+
 def ensure_key(cfg: Config) -> bytes:
     """The data key; creates the key file (mode 0600) first when neither it nor $PERSONA_DATA_KEY exists."""
     path = cfg.resolve(cfg.data.key_file)
@@ -68,7 +73,7 @@ def decrypt(cfg: Config, args: argparse.Namespace) -> int:
         sources = [Path(args.input)]
     else:
         sources = [cfg.resolve(cfg.data.train), cfg.resolve(cfg.data.eval)]
-    key = load_key(cfg.resolve(cfg.data.key_file))
+    key = data_key(cfg)
     # Decrypt and check everything first: a wrong key or a damaged file writes nothing.
     plain = []
     for src in sources:

@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from .config import Config
-from .crypto import CryptoError, decrypt_bytes, encrypt_bytes, load_key
+from .crypto import CryptoError, decrypt_bytes, encrypt_bytes
+from .keys import data_key
 from .errors import DataError
 from .fsutil import atomic_write_bytes
 from .records import Record, read_records
@@ -160,7 +161,7 @@ def load_tokenized(cfg: Config, split: str, force: bool = False, tokenizer=None)
     """
     from .modeling import load_tokenizer
 
-    key = load_key(cfg.resolve(cfg.data.key_file))
+    key = data_key(cfg)
     data_path = _split_path(cfg, split)
     records = read_records(data_path, key)
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg)

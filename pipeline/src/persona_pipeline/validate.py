@@ -16,7 +16,7 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from .crypto import load_key
+from .keys import data_key
 from .dedup import Sample, find_leaks, similar_pairs, shingles
 from .fsutil import atomic_write_json
 from .generate import KINDS
@@ -187,7 +187,7 @@ def _print(report: dict[str, Any], paths: dict[str, Path], counter_name: str, ma
 
 def run(cfg: Config, args: argparse.Namespace) -> int:  # noqa: ARG001 - stage signature
     paths = {"train": cfg.resolve(cfg.data.train), "eval": cfg.resolve(cfg.data.eval)}
-    key = load_key(cfg.resolve(cfg.data.key_file)) if any(is_encrypted(p) for p in paths.values()) else None
+    key = data_key(cfg) if any(is_encrypted(p) for p in paths.values()) else None
     train = read_records(paths["train"], key)
     evals = read_records(paths["eval"], key)
     count, counter_name = _token_counter(cfg)
