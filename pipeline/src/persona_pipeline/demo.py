@@ -128,7 +128,7 @@ def run(cfg: Config, args) -> int:
     total = time.perf_counter()
     for i, step in enumerate(steps, 1):
         argv = [step.stage, "--config", str(configs[step.config]), *step.flags]
-        if stages[step.stage].options and "run" in stages[step.stage].options:
+        if "run" in stages[step.stage].options:
             argv += ["--run", str(run_dir) if run_dir else "latest"]
         argv += overrides + step.overrides
         print(f"\n=== [{i}/{len(steps)}] {step.stage} ({configs[step.config].name}) ===", flush=True)
