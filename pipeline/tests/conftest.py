@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from persona_pipeline.config import load_config
-from persona_pipeline.crypto import encode_key
-from persona_pipeline.records import write_records
+from persona_pipeline.core.config import load_config
+from persona_pipeline.core.crypto import encode_key
+from persona_pipeline.core.records import write_records
 
 PIPELINE = Path(__file__).resolve().parents[1]
 CONFIGS = PIPELINE / "configs"
@@ -41,7 +41,7 @@ def _one_thread():
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
-    from persona_pipeline.base_model import build_base_model
+    from persona_pipeline.stages.base_model import build_base_model
 
     cfg = load_config(CONFIGS / "train_tiny.yaml", TINY_TEST_MODEL)
     return build_base_model(cfg, out_dir=tmp_path_factory.mktemp("models") / "tiny-llama")
@@ -117,7 +117,7 @@ def persona_records(n: int, seed: int) -> list[dict]:
 @pytest.fixture
 def write_dataset(data_key):
     """write_dataset(cfg, n_train=48, n_eval=12) writes encrypted train/eval sets where cfg points."""
-    from persona_pipeline.keys import data_key
+    from persona_pipeline.stages.keys import data_key
 
     def _write(cfg, n_train: int = 48, n_eval: int = 12):
         key = data_key(cfg)

@@ -8,9 +8,9 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from persona_pipeline.base_model import build_base_model
-from persona_pipeline.config import load_config
-from persona_pipeline.errors import PipelineError
+from persona_pipeline.stages.base_model import build_base_model
+from persona_pipeline.core.config import load_config
+from persona_pipeline.core.errors import PipelineError
 
 from conftest import CONFIGS, TINY_TEST_MODEL
 
@@ -70,11 +70,11 @@ def test_warm_up_lowers_loss(tiny_model_dir):
 
 
 def test_base_model_stage_refuses_hub_ids():
-    from persona_pipeline.base_model import run
+    from persona_pipeline.stages.base_model import run
 
     cfg = load_config(CONFIGS / "train_llama31_8b_instruct.yaml")
     try:
-        run(cfg, None)
+        run(cfg)
     except PipelineError as exc:
         assert "Hub id" in str(exc)
     else:

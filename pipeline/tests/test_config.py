@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from persona_pipeline.config import dump_config, load_config
-from persona_pipeline.errors import ConfigError
+from persona_pipeline.core.config import dump_config, load_config
+from persona_pipeline.core.errors import ConfigError
 
 from conftest import CONFIGS, PIPELINE
 
@@ -116,7 +116,7 @@ def test_dump_redacts_secrets():
     cfg = load_config(CONFIGS / "train_tiny.yaml", ["publish.repo_id=me/x"])
     text = dump_config(cfg)
     assert "lora_alpha: 128" in text and "me/x" in text
-    from persona_pipeline.config import _redact
+    from persona_pipeline.core.config import _redact
 
     assert _redact({"hf_token": "abc", "x": {"api_key": "k"}}) == {"hf_token": "***redacted***", "x": {"api_key": "***redacted***"}}
 

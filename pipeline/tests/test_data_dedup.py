@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import random
 
-from persona_pipeline.dedup import (
+from persona_pipeline.data.dedup import (
     Sample,
     cross_pairs,
     find_leaks,
@@ -15,7 +15,7 @@ from persona_pipeline.dedup import (
     similar_pairs,
     split_groups,
 )
-from persona_pipeline.rephrase import apply_synonyms, flip_contractions, transform
+from persona_pipeline.data.rephrase import apply_synonyms, flip_contractions, transform
 
 WORDS = "tea school poem child river exam garden festival soil book rain teacher cow leaf story light".split()
 

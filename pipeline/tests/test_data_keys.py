@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from persona_pipeline.cli import main
-from persona_pipeline.crypto import MAGIC, VERSION, encode_key
+from persona_pipeline.core.crypto import MAGIC, VERSION, encode_key
 
 PIPELINE = Path(__file__).resolve().parents[1]
 CONFIG = PIPELINE / "configs" / "train_tiny.yaml"

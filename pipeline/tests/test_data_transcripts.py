@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from persona_pipeline.cli import main
-from persona_pipeline.config import load_config
-from persona_pipeline.errors import DataError
-from persona_pipeline.personas import load_personas
-from persona_pipeline.transcripts import ingest_transcript, is_filler, load_speaker_map, parse_transcript
+from persona_pipeline.core.config import load_config
+from persona_pipeline.core.errors import DataError
+from persona_pipeline.data.personas import load_personas
+from persona_pipeline.data.transcripts import ingest_transcript, is_filler, load_speaker_map, parse_transcript
 
 PIPELINE = Path(__file__).resolve().parents[1]
 SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
@@ -34,7 +34,7 @@ def ingest(path: Path, map_name: str, personas):
 
 def _flat(text: str) -> str:
     """Transcript text as ingestion sees it, for substring checks (quotes straightened, spaces collapsed)."""
-    from persona_pipeline.transcripts import clean_text
+    from persona_pipeline.data.transcripts import clean_text
 
     return clean_text(text)
 
@@ -186,7 +186,7 @@ def test_missing_transcript_is_a_warning_and_counted(tmp_path, personas):
         PIPELINE / "configs" / "train_tiny.yaml",
         [f'generate.transcripts=[{{path: "{tmp_path / "absent.txt"}", speaker_map: "{_tab_map(tmp_path)}"}}]'],
     )
-    from persona_pipeline.transcripts import ingest_all
+    from persona_pipeline.data.transcripts import ingest_all
 
     pairs, stats = ingest_all(cfg, personas)
     assert pairs == [] and [s.status for s in stats] == ["missing"]

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from persona_pipeline.cli import main
-from persona_pipeline.prompt_format import format_completion, format_prompt
+from persona_pipeline.core.prompt_format import format_completion, format_prompt
 
 PIPELINE = Path(__file__).resolve().parents[1]
 CONFIG = PIPELINE / "configs" / "train_tiny.yaml"

@@ -11,8 +11,8 @@ import json
 import pytest
 
 from persona_pipeline.cli import main
-from persona_pipeline.crypto import decode_key
-from persona_pipeline.records import read_records
+from persona_pipeline.core.crypto import decode_key
+from persona_pipeline.core.records import read_records
 
 from conftest import CONFIGS, TINY_TEST_MODEL
 

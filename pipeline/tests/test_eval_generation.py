@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import persona_records
-from persona_pipeline.generation import GenerationSettings, _finish, generate
+from persona_pipeline.evaluation.generation import GenerationSettings, _finish, generate
 
 
 def _load(model_dir):
@@ -52,7 +52,7 @@ def test_sampling_is_seeded(tiny_model_dir):
 
 
 def test_plan_batches_groups_similar_lengths():
-    from persona_pipeline.generation import plan_batches
+    from persona_pipeline.evaluation.generation import plan_batches
 
     lengths = [50, 44, 253, 47, 169, 55, 115, 48, 253, 60]
     batches = plan_batches(lengths, 4)

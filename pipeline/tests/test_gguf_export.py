@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from persona_pipeline.config import load_config
-from persona_pipeline.errors import PipelineError
-from persona_pipeline.llamacpp import runtime_library
+from persona_pipeline.core.config import load_config
+from persona_pipeline.core.errors import PipelineError
+from persona_pipeline.export.llamacpp import runtime_library
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 needs_llamacpp = pytest.mark.skipif(
@@ -56,7 +56,7 @@ def _cfg(root: Path, model_dir: Path, *extra: str):
 @pytest.fixture(scope="module")
 def gguf_run(tmp_path_factory, tiny_model_dir):
     """(cfg, run dir) with the tiny model as the run's merged model, and its F16 and Q8_0 exports."""
-    from persona_pipeline.gguf_export import export_gguf
+    from persona_pipeline.stages.gguf import export_gguf
 
     root = tmp_path_factory.mktemp("gguf")
     run = root / "outputs" / "runs" / "20260101-000000"
@@ -74,7 +74,7 @@ def _reader(path: Path):
 
 
 def _field(reader, key):
-    from persona_pipeline.gguf_check import field_value
+    from persona_pipeline.stages.gguf_check import field_value
 
     return field_value(reader, key)
 
@@ -121,8 +121,8 @@ def test_metadata_architecture_and_tokenizer(gguf_run, tiny_model_dir):
 
 @needs_llamacpp
 def test_f16_and_q8_run_in_llamacpp_and_agree_with_transformers(gguf_run):
-    from persona_pipeline.gguf_check import check_gguf
-    from persona_pipeline.llamacpp import LlamaCppModel
+    from persona_pipeline.stages.gguf_check import check_gguf
+    from persona_pipeline.export.llamacpp import LlamaCppModel
 
     cfg, run = gguf_run
     f16 = check_gguf(cfg, run, "F16")
@@ -176,9 +176,9 @@ def _sharp_copy(out: Path, tiny_model_dir: Path, rope_parameters: dict | None = 
 @needs_llamacpp
 def test_trap_qk_permutation(tmp_path, tiny_model_dir):
     """Without the q/k permutation the file loads and runs, and the model is wrong."""
-    from persona_pipeline.gguf_export import convert, permute_qk
-    from persona_pipeline.gguf_check import unpermute_qk
-    from persona_pipeline.llamacpp import LlamaCppModel
+    from persona_pipeline.stages.gguf import convert, permute_qk
+    from persona_pipeline.stages.gguf_check import unpermute_qk
+    from persona_pipeline.export.llamacpp import LlamaCppModel
 
     w = np.arange(8 * 3 * 2, dtype=np.float32).reshape(8 * 2, 3)
     assert not np.array_equal(permute_qk(w, 2), w) and np.array_equal(unpermute_qk(permute_qk(w, 2), 2), w)
@@ -197,8 +197,8 @@ def test_trap_qk_permutation(tmp_path, tiny_model_dir):
 @needs_llamacpp
 def test_llama31_rope_scaling(tmp_path, tiny_model_dir):
     """Llama 3.1's "llama3" rope scaling is exported as rope_freqs.weight; llama.cpp then matches transformers."""
-    from persona_pipeline.gguf_export import convert
-    from persona_pipeline.llamacpp import LlamaCppModel
+    from persona_pipeline.stages.gguf import convert
+    from persona_pipeline.export.llamacpp import LlamaCppModel
 
     rope = {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low_freq_factor": 1.0,
             "high_freq_factor": 4.0, "original_max_position_embeddings": 16}
@@ -219,7 +219,7 @@ def test_llama31_rope_scaling(tmp_path, tiny_model_dir):
 
 
 def test_check_prompts_come_from_the_eval_set(make_cfg, write_dataset):
-    from persona_pipeline.gguf_check import check_prompts
+    from persona_pipeline.stages.gguf_check import check_prompts
 
     cfg = make_cfg("train_tiny.yaml", "gguf.check_prompts=5")
     _, evl = write_dataset(cfg, n_train=6, n_eval=9)
@@ -234,9 +234,9 @@ def test_trap_pre_tokenizer_and_tokenization(tmp_path, gguf_run, tiny_model_dir)
     """tokenizer.ggml.pre is written (no 'degraded' warning) and llama.cpp tokenizes exactly like transformers."""
     from transformers import AutoTokenizer
 
-    from persona_pipeline.gguf_export import convert
-    from persona_pipeline.gguf_vocab import read_vocab
-    from persona_pipeline.llamacpp import LlamaCppModel
+    from persona_pipeline.stages.gguf import convert
+    from persona_pipeline.export.gguf_vocab import read_vocab
+    from persona_pipeline.export.llamacpp import LlamaCppModel
 
     _, run = gguf_run
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
@@ -255,8 +255,8 @@ def test_trap_pre_tokenizer_and_tokenization(tmp_path, gguf_run, tiny_model_dir)
 
 def test_trap_merges(tmp_path, tiny_model_dir):
     """A gpt2 vocab without merges: the exporter refuses it, and llama.cpp cannot load such a file."""
-    from persona_pipeline.gguf_export import convert
-    from persona_pipeline.gguf_vocab import read_vocab
+    from persona_pipeline.stages.gguf import convert
+    from persona_pipeline.export.gguf_vocab import read_vocab
 
     broken = tmp_path / "no-merges"
     shutil.copytree(tiny_model_dir, broken)
@@ -267,7 +267,7 @@ def test_trap_merges(tmp_path, tiny_model_dir):
         read_vocab(broken, 1024)
     if runtime_library() is None:
         return
-    from persona_pipeline.llamacpp import LlamaCppModel
+    from persona_pipeline.export.llamacpp import LlamaCppModel
 
     vocab = read_vocab(tiny_model_dir, json.loads((tiny_model_dir / "config.json").read_text())["vocab_size"])
     out = tmp_path / "no-merges.gguf"
@@ -307,8 +307,8 @@ def test_trap_eos_and_prompt_template(gguf_run, tiny_model_dir):
     import jinja2
     from transformers import AutoTokenizer
 
-    from persona_pipeline.ollama import persona_systems
-    from persona_pipeline.prompt_format import format_prompt, system_line
+    from persona_pipeline.stages.ollama_create import persona_systems
+    from persona_pipeline.core.prompt_format import format_prompt, system_line
 
     cfg, run = gguf_run
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
@@ -316,7 +316,7 @@ def test_trap_eos_and_prompt_template(gguf_run, tiny_model_dir):
     r = _reader(run / "gguf" / "tiny-F16.gguf")
     assert _field(r, "tokenizer.ggml.eos_token_id") == tok.eos_token_id == gen["eos_token_id"]
     if runtime_library() is not None:
-        from persona_pipeline.llamacpp import LlamaCppModel
+        from persona_pipeline.export.llamacpp import LlamaCppModel
 
         with LlamaCppModel(run / "gguf" / "tiny-F16.gguf", n_ctx=128, threads=1) as llm:
             assert llm.eos_id == tok.eos_token_id and llm.is_eog(tok.eos_token_id)
@@ -345,7 +345,8 @@ def test_trap_eos_and_prompt_template(gguf_run, tiny_model_dir):
 
 
 def test_tensor_fallback_without_llamacpp(gguf_run, monkeypatch):
-    from persona_pipeline import gguf_check, llamacpp
+    from persona_pipeline.stages import gguf_check
+    from persona_pipeline.export import llamacpp
 
     cfg, run = gguf_run
     monkeypatch.setattr(llamacpp, "runtime_library", lambda: None)
@@ -359,7 +360,8 @@ def test_tensor_fallback_without_llamacpp(gguf_run, monkeypatch):
 
 
 def test_unsupported_quant_and_kquant_without_quantizer(monkeypatch):
-    from persona_pipeline import gguf_export, llamacpp
+    from persona_pipeline.stages import gguf as gguf_export
+    from persona_pipeline.export import llamacpp
 
     with pytest.raises(PipelineError) as exc:
         gguf_export.normalize_quant("Q3_X")
@@ -373,7 +375,7 @@ def test_unsupported_quant_and_kquant_without_quantizer(monkeypatch):
 
 
 def test_quantizer_discovery_on_path(tmp_path, monkeypatch):
-    from persona_pipeline import llamacpp
+    from persona_pipeline.export import llamacpp
 
     if llamacpp.importlib.util.find_spec("llama_cpp") is not None:
         pytest.skip("llama-cpp-python is installed; it takes precedence")
@@ -395,7 +397,8 @@ def test_kquant_export_goes_through_llamacpp_quantizer(gguf_run, tmp_path, monke
     """
     import sys
 
-    from persona_pipeline import gguf_export, llamacpp
+    from persona_pipeline.stages import gguf as gguf_export
+    from persona_pipeline.export import llamacpp
 
     if llamacpp.importlib.util.find_spec("llama_cpp") is not None:
         pytest.skip("llama-cpp-python is installed; it takes precedence over LLAMA_CPP_DIR")
@@ -420,19 +423,18 @@ def test_kquant_export_goes_through_llamacpp_quantizer(gguf_run, tmp_path, monke
 
 
 def test_ollama_create_needs_ollama(gguf_run, monkeypatch, tmp_path):
-    import argparse
 
-    from persona_pipeline import ollama
+    from persona_pipeline.stages import ollama_create as ollama
 
     cfg, run = gguf_run
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(PipelineError, match="ollama is not installed"):
-        ollama.run(cfg, argparse.Namespace(run=str(run)))
+        ollama.run(cfg, run=str(run))
     assert ollama.model_name(cfg, "Tilda") == "tiny-tilda"
 
 
 def test_run_without_merged_model(tmp_path, tiny_model_dir):
-    from persona_pipeline.gguf_export import export_gguf
+    from persona_pipeline.stages.gguf import export_gguf
 
     cfg = _cfg(tmp_path, tiny_model_dir)
     run = tmp_path / "outputs" / "runs" / "r-no-merge"
@@ -462,7 +464,7 @@ def test_corrupted_or_truncated_gguf_rejected(gguf_run, tmp_path, capsys):
 
 
 def test_failed_export_leaves_no_file(tmp_path, tiny_model_dir, monkeypatch):
-    from persona_pipeline import gguf_export
+    from persona_pipeline.stages import gguf as gguf_export
 
     calls = {"n": 0}
     real = gguf_export._encode

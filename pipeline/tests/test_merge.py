@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from persona_pipeline.cli import main
-from persona_pipeline.errors import PipelineError
+from persona_pipeline.core.errors import PipelineError
 
 
 def save_random_adapter(model_dir: Path, run_dir: Path, r: int = 8) -> Path:
@@ -32,7 +32,7 @@ def test_merge_checks_logits_and_saves_a_loadable_model(make_cfg, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from persona_pipeline.merge import merge
+    from persona_pipeline.stages.merge import merge
 
     cfg = make_cfg("train_tiny.yaml")
     run_dir = cfg.runs_dir / "r1"
@@ -61,7 +61,7 @@ def test_merge_checks_logits_and_saves_a_loadable_model(make_cfg, tmp_path):
 
 
 def test_merge_errors_leave_nothing_behind(make_cfg, capsys):
-    from persona_pipeline.merge import merge
+    from persona_pipeline.stages.merge import merge
 
     cfg = make_cfg("train_tiny.yaml")
     empty_run = cfg.runs_dir / "unfinished"

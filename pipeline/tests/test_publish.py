@@ -3,15 +3,14 @@ and never keys, data or checkpoints. Bad repo ids and a missing token fail befor
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 from pathlib import Path
 
 import pytest
 
-from persona_pipeline.config import load_config
-from persona_pipeline.errors import ConfigError, PipelineError
+from persona_pipeline.core.config import load_config
+from persona_pipeline.core.errors import ConfigError, PipelineError
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -73,10 +72,10 @@ def _cfg(tmp_path, tiny_model_dir, *extra):
 
 
 def test_dry_run_stages_model_gguf_and_card_with_real_metrics(tmp_path, tiny_model_dir, run_dir, capsys):
-    from persona_pipeline.publish import forbidden_files, run
+    from persona_pipeline.stages.publish_hf import forbidden_files, run
 
     cfg = _cfg(tmp_path, tiny_model_dir, "publish.repo_id=me/personas")
-    assert run(cfg, argparse.Namespace(run=run_dir.name, dry_run=True)) == 0
+    assert run(cfg, run=run_dir.name, dry_run=True) == 0
     staged = run_dir / "publish" / "tiny"
     names = sorted(str(p.relative_to(staged)) for p in staged.rglob("*") if p.is_file())
     assert names == ["README.md", "chat_template.jinja", "config.json", "generation_config.json",
@@ -99,7 +98,7 @@ def test_dry_run_stages_model_gguf_and_card_with_real_metrics(tmp_path, tiny_mod
 
 
 def test_adapter_artifact_and_missing_eval(tmp_path, tiny_model_dir, run_dir):
-    from persona_pipeline.publish import stage_publish
+    from persona_pipeline.stages.publish_hf import stage_publish
 
     shutil.rmtree(run_dir / "eval")
     cfg = _cfg(tmp_path, tiny_model_dir, "publish.artifact=adapter", "publish.include_gguf=false",
@@ -114,17 +113,17 @@ def test_adapter_artifact_and_missing_eval(tmp_path, tiny_model_dir, run_dir):
 
 @pytest.mark.parametrize("repo_id", ["me", "a/b/c", "-me/x", "me/na me", "me/x--y", "me/", "/x", "me/x.git"])
 def test_bad_repo_id_fails_before_any_work(tmp_path, tiny_model_dir, run_dir, repo_id):
-    from persona_pipeline.publish import run
+    from persona_pipeline.stages.publish_hf import run
 
     cfg = _cfg(tmp_path, tiny_model_dir, f"publish.repo_id={repo_id}")
     with pytest.raises(ConfigError, match="owner/name"):
-        run(cfg, argparse.Namespace(run=run_dir.name, dry_run=True))
+        run(cfg, run=run_dir.name, dry_run=True)
     assert not (run_dir / "publish").exists()
 
 
 def test_missing_repo_id_and_missing_token(tmp_path, tiny_model_dir, run_dir, monkeypatch):
     from persona_pipeline.cli import main
-    from persona_pipeline.publish import run
+    from persona_pipeline.stages.publish_hf import run
 
     args = ["publish-hf", "--config", str(CONFIGS / "train_tiny.yaml"), "--run", str(run_dir), "--dry-run",
             f"paths.outputs={tmp_path / 'outputs'}"]
@@ -135,12 +134,12 @@ def test_missing_repo_id_and_missing_token(tmp_path, tiny_model_dir, run_dir, mo
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
     cfg = _cfg(tmp_path, tiny_model_dir, "publish.repo_id=me/personas")
     with pytest.raises(PipelineError, match="no Hugging Face token"):
-        run(cfg, argparse.Namespace(run=run_dir.name, dry_run=False))
+        run(cfg, run=run_dir.name, dry_run=False)
     assert not (run_dir / "publish").exists()
 
 
 def test_forbidden_files_detects_private_files(tmp_path):
-    from persona_pipeline.publish import forbidden_files
+    from persona_pipeline.stages.publish_hf import forbidden_files
 
     for rel in ("ok/config.json", "a.key", "data/x.txt", "checkpoint-3/adapter_model.safetensors", "e.jsonl.enc",
                 "optimizer.pt", ".secrets/k", "tokenizer.json"):

@@ -6,15 +6,15 @@ import json
 
 import pytest
 
-from persona_pipeline.crypto import encode_key
-from persona_pipeline.errors import CryptoError, DataError
-from persona_pipeline.records import write_records
-from persona_pipeline.tokenize_data import IGNORE_INDEX, load_tokenized, tokenize, tokenize_records
+from persona_pipeline.core.crypto import encode_key
+from persona_pipeline.core.errors import CryptoError, DataError
+from persona_pipeline.core.records import write_records
+from persona_pipeline.stages.tokenize import IGNORE_INDEX, load_tokenized, tokenize, tokenize_records
 
 
 @pytest.fixture
 def tokenizer(make_cfg):
-    from persona_pipeline.modeling import load_tokenizer
+    from persona_pipeline.core.modeling import load_tokenizer
 
     return load_tokenizer(make_cfg())
 
@@ -54,7 +54,7 @@ def test_long_prompt_is_cut_from_the_left_keeping_bos_and_completion(tokenizer):
 
 
 def test_empty_completions_are_dropped_and_an_empty_result_is_an_error(make_cfg, data_key):
-    from persona_pipeline.crypto import load_key
+    from persona_pipeline.core.crypto import load_key
 
     cfg = make_cfg()
     key = load_key(cfg.resolve(cfg.data.key_file))

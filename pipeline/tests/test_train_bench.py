@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from persona_pipeline.bench_train import VARIANTS, bench, bench_path, pick_batches
+from persona_pipeline.stages.bench_train import VARIANTS, bench, bench_path, pick_batches
 
 
 def test_pick_batches_spreads_over_the_epoch():

@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from persona_pipeline.collate import (
+from persona_pipeline.training.collate import (
     DynamicPaddingCollator,
     EpochLengthGroupedSampler,
     PackedCollator,
     PadToMaxCollator,
     real_tokens,
 )
-from persona_pipeline.tokenize_data import IGNORE_INDEX
+from persona_pipeline.stages.tokenize import IGNORE_INDEX
 
 
 def _sample(n, n_prompt, start=5):

@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from persona_pipeline.config import dump_config
+from persona_pipeline.core.config import dump_config
 
 pytestmark = pytest.mark.slow
 

@@ -17,8 +17,8 @@ import time
 
 import pytest
 
-from persona_pipeline.config import dump_config
-from persona_pipeline.train import complete_checkpoints, train
+from persona_pipeline.core.config import dump_config
+from persona_pipeline.stages.train import complete_checkpoints, train
 
 pytestmark = pytest.mark.slow
 TOL = 1e-5

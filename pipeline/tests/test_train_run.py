@@ -6,11 +6,11 @@ import json
 
 import pytest
 
-from persona_pipeline.crypto import encode_key
-from persona_pipeline.errors import CryptoError, DataError, PipelineError
-from persona_pipeline.records import write_records
-from persona_pipeline.runs import mark_latest, new_run_dir
-from persona_pipeline.train import last_checkpoint, train
+from persona_pipeline.core.crypto import encode_key
+from persona_pipeline.core.errors import CryptoError, DataError, PipelineError
+from persona_pipeline.core.records import write_records
+from persona_pipeline.core.runs import mark_latest, new_run_dir
+from persona_pipeline.stages.train import last_checkpoint, train
 
 
 def _scalars(logdir):
@@ -83,7 +83,7 @@ def test_wrong_key_and_empty_data_leave_latest_alone(make_cfg, write_dataset, mo
         train(cfg)
     monkeypatch.setenv("PERSONA_DATA_KEY", encode_key(bytes(range(32))))
 
-    from persona_pipeline.crypto import load_key
+    from persona_pipeline.core.crypto import load_key
 
     blank = [{"prompt": "You are Tilda.\n\nHuman: hi\n\nTilda:", "completion": "", "meta": {}}]
     write_records(cfg.resolve(cfg.data.train), blank, load_key(cfg.resolve(cfg.data.key_file)))

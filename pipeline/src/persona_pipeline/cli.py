@@ -14,7 +14,7 @@ import sys
 import time
 from dataclasses import dataclass
 
-from .errors import PipelineError
+from persona_pipeline.core.errors import PipelineError
 
 DEFAULT_CONFIG = "configs/train_tiny.yaml"
 
@@ -29,25 +29,25 @@ class Stage:
 
 
 STAGES: tuple[Stage, ...] = (
-    Stage("base-model", "base_model:run", "build the tiny local Llama-architecture base model (no network)", ("force",)),
-    Stage("keygen", "keys:keygen", "create the data encryption key file (mode 0600)", ("force",)),
-    Stage("data", "generate:run", "generate persona train/eval sets (encrypted) from personas and transcripts"),
-    Stage("validate-data", "validate:run", "check schema, lengths, duplicates and train/eval leakage"),
-    Stage("encrypt", "keys:encrypt", "encrypt a plaintext JSONL file (INPUT) to INPUT.enc", ("input", "output")),
-    Stage("decrypt", "keys:decrypt", "decrypt the datasets (or INPUT) to plaintext under data/plaintext/", ("input", "output")),
-    Stage("tokenize", "tokenize_data:run", "tokenize train/eval with the model's tokenizer (cached)", ("force",)),
-    Stage("train", "train:run", "LoRA / QLoRA fine-tuning with the transformers Trainer", ("resume",)),
-    Stage("merge", "merge:run", "merge a run's adapter into the base model (run/merged/)", ("run", "force")),
-    Stage("eval", "evaluate:run", "generate on the eval set and score ROUGE/BLEU/fidelity", ("run",)),
-    Stage("compare", "compare:run", "baseline vs fine-tuned table + chart; append to TRAINING_LOG.md", ("run",)),
-    Stage("gguf", "gguf_export:run", "export the merged model to GGUF (gguf.quant / QUANT)", ("run", "force")),
-    Stage("gguf-check", "gguf_check:run", "run the GGUF with llama.cpp and compare with transformers", ("run", "input")),
-    Stage("ollama-create", "ollama:run", "register the GGUF with Ollama through the generated Modelfile", ("run",)),
-    Stage("publish-hf", "publish:run", "upload model, GGUF and model card to the Hugging Face Hub", ("run", "dry_run")),
-    Stage("bench-train", "bench_train:run", "benchmark: our batching vs padding to max_length"),
-    Stage("bench-eval", "bench_eval:run", "benchmark: batched vs one-at-a-time generation"),
-    Stage("bench-summary", "bench_summary:run", "collect outputs/bench/*.json into outputs/bench/summary.md"),
-    Stage("demo", "demo:run", "the whole pipeline end to end on the tiny model", ("force",)),
+    Stage("base-model", "stages.base_model:run", "build the tiny local Llama-architecture base model (no network)", ("force",)),
+    Stage("keygen", "stages.keys:keygen", "create the data encryption key file (mode 0600)", ("force",)),
+    Stage("data", "stages.data:run", "generate persona train/eval sets (encrypted) from personas and transcripts"),
+    Stage("validate-data", "stages.validate_data:run", "check schema, lengths, duplicates and train/eval leakage"),
+    Stage("encrypt", "stages.keys:encrypt", "encrypt a plaintext JSONL file (INPUT) to INPUT.enc", ("input", "output")),
+    Stage("decrypt", "stages.keys:decrypt", "decrypt the datasets (or INPUT) to plaintext under data/plaintext/", ("input", "output")),
+    Stage("tokenize", "stages.tokenize:run", "tokenize train/eval with the model's tokenizer (cached)", ("force",)),
+    Stage("train", "stages.train:run", "LoRA / QLoRA fine-tuning with the transformers Trainer", ("resume",)),
+    Stage("merge", "stages.merge:run", "merge a run's adapter into the base model (run/merged/)", ("run", "force")),
+    Stage("eval", "stages.eval:run", "generate on the eval set and score ROUGE/BLEU/fidelity", ("run",)),
+    Stage("compare", "stages.compare:run", "baseline vs fine-tuned table + chart; append to TRAINING_LOG.md", ("run",)),
+    Stage("gguf", "stages.gguf:run", "export the merged model to GGUF (gguf.quant / QUANT)", ("run", "force")),
+    Stage("gguf-check", "stages.gguf_check:run", "run the GGUF with llama.cpp and compare with transformers", ("run", "input")),
+    Stage("ollama-create", "stages.ollama_create:run", "register the GGUF with Ollama through the generated Modelfile", ("run",)),
+    Stage("publish-hf", "stages.publish_hf:run", "upload model, GGUF and model card to the Hugging Face Hub", ("run", "dry_run")),
+    Stage("bench-train", "stages.bench_train:run", "benchmark: our batching vs padding to max_length", ("overrides",)),
+    Stage("bench-eval", "stages.bench_eval:run", "benchmark: batched vs one-at-a-time generation"),
+    Stage("bench-summary", "stages.bench_summary:run", "collect outputs/bench/*.json into outputs/bench/summary.md"),
+    Stage("demo", "stages.demo:run", "the whole pipeline end to end on the tiny model", ("force", "overrides")),
     Stage("show-config", "cli:show_config", "print the resolved, validated config"),
 )
 
@@ -74,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
         sp = sub.add_parser(stage.name, help=stage.help, description=stage.help)
         sp.add_argument("--config", default=DEFAULT_CONFIG, help=f"YAML config (default: {DEFAULT_CONFIG})")
         for opt in stage.options:
+            if opt == "overrides":  # the key=value list below, passed through as well
+                continue
             flags, kwargs = _OPTION_ARGS[opt]
             sp.add_argument(*flags, **kwargs)
         sp.add_argument("overrides", nargs="*", metavar="key=value", help="override config values")
@@ -81,11 +83,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def show_config(cfg, args) -> int:  # noqa: ARG001 - stage signature
-    from .config import dump_config
+def show_config(cfg) -> int:
+    from persona_pipeline.core.config import dump_config
 
     print(dump_config(cfg), end="")
     return 0
+
+
+def stage_kwargs(stage: Stage, args: argparse.Namespace) -> dict:
+    """The declared options of ``stage`` as keyword arguments (a stage's signature is its CLI)."""
+    kwargs = {opt: getattr(args, opt) for opt in stage.options if opt != "overrides"}
+    if "overrides" in stage.options:
+        kwargs["overrides"] = tuple(args.overrides)
+    return kwargs
 
 
 def _resolve(target: str):
@@ -103,10 +113,10 @@ def main(argv: list[str] | None = None) -> int:
     stage: Stage = args._stage
     start = time.perf_counter()
     try:
-        from .config import load_config
+        from persona_pipeline.core.config import load_config
 
         cfg = load_config(args.config, args.overrides)
-        rc = _resolve(stage.target)(cfg, args) or 0
+        rc = _resolve(stage.target)(cfg, **stage_kwargs(stage, args)) or 0
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code

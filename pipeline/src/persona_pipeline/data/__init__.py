@@ -1,0 +1,1 @@
+"""Persona data helpers: persona files, transcript ingestion, rephrasing, synthesis, near-duplicate grouping."""

@@ -1,0 +1,260 @@
+"""Personas as data: one strictly validated YAML file per persona under ``generate.personas_dir``.
+
+A persona file holds the line used in prompts (``system``), the topics it talks
+about, first-person facts (each with the questions it answers), style notes and
+phrases, the domains it does *not* know (used for contrastive samples), and the
+keywords / identity phrases that evaluation uses to detect persona blending.
+Adding a persona is adding a file; see ``data/personas/tilda.yaml`` for the format.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from persona_pipeline.core.config import _suggest
+from persona_pipeline.core.errors import DataError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from persona_pipeline.core.config import Config
+
+CORPUS_DIR = "data/corpus"
+
+
+@dataclass(frozen=True)
+class Fact:
+    """A first-person fact about one of the persona's topics, and questions it answers."""
+
+    topic: str
+    text: str
+    ask: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Style:
+    notes: str
+    openers: tuple[str, ...]
+    closings: tuple[str, ...]
+    # How this persona says "that is not my area" (contrastive samples).
+    deflections: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Domain:
+    """Something the persona does not know; ``expert`` names the persona who does, if any."""
+
+    domain: str
+    expert: str | None
+
+
+@dataclass(frozen=True)
+class Persona:
+    name: str
+    system: str
+    topics: tuple[str, ...]
+    facts: tuple[Fact, ...]
+    style: Style
+    does_not_know: tuple[Domain, ...]
+    domain_keywords: tuple[str, ...]
+    identity: tuple[str, ...]
+    path: Path
+
+    @property
+    def file(self) -> str:
+        return self.path.name
+
+    @property
+    def source(self) -> str:
+        """``meta.source`` of samples built from this file."""
+        return f"persona:{self.path.name}"
+
+    def facts_for(self, topic: str) -> list[Fact]:
+        return [f for f in self.facts if f.topic == topic]
+
+
+# --------------------------------------------------------------------------- schema
+
+# key -> (required, kind); kinds: str, str_list, nested schema name
+_TOP = {
+    "name": (True, "str"),
+    "system": (True, "str"),
+    "topics": (True, "str_list"),
+    "facts": (True, "facts"),
+    "style": (True, "style"),
+    "does_not_know": (True, "domains"),
+    "domain_keywords": (True, "str_list"),
+    "identity": (True, "str_list"),
+}
+_STYLE = {
+    "notes": (True, "str"),
+    "openers": (True, "str_list"),
+    "closings": (True, "str_list"),
+    "deflections": (True, "str_list"),
+}
+_FACT = {"topic": (True, "str"), "text": (True, "str"), "ask": (True, "str_list")}
+_DOMAIN = {"domain": (True, "str"), "expert": (False, "str")}
+
+_NAME_RE = re.compile(r"^[A-Z][\w' -]{0,40}$")
+
+
+def _fail(path: Path, where: str, msg: str, hint: str | None = None) -> DataError:
+    return DataError(f"{path}: {where}: {msg}" if where else f"{path}: {msg}", hint=hint)
+
+
+def _check_keys(path: Path, where: str, obj: Any, schema: dict[str, tuple[bool, str]]) -> dict:
+    if not isinstance(obj, dict):
+        raise _fail(path, where, f"expected a mapping, got {type(obj).__name__}")
+    for key in obj:
+        if key not in schema:
+            sub = f"{where}.{key}" if where else str(key)
+            raise _fail(path, "", f"unknown key '{sub}'", hint=_suggest(str(key), list(schema)))
+    for key, (required, _) in schema.items():
+        if required and key not in obj:
+            sub = f"{where}.{key}" if where else key
+            raise _fail(path, "", f"missing required key '{sub}'", hint="see data/personas/tilda.yaml for the format")
+    return obj
+
+
+def _text(path: Path, where: str, value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise _fail(path, where, f"expected non-empty text, got {value!r}")
+    return " ".join(value.split())
+
+
+def _texts(path: Path, where: str, value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not value:
+        raise _fail(path, where, f"expected a non-empty list of strings, got {value!r}")
+    return tuple(_text(path, f"{where}[{i}]", v) for i, v in enumerate(value))
+
+
+def parse_persona(data: Any, path: Path) -> Persona:
+    """Validate the parsed YAML of one persona file and build a :class:`Persona`."""
+    _check_keys(path, "", data, _TOP)
+    name = _text(path, "name", data["name"])
+    if not _NAME_RE.match(name):
+        raise _fail(path, "name", f"{name!r} is not a usable persona name", hint="a capitalised name without ':' e.g. Tilda")
+    system = _text(path, "system", data["system"])
+    topics = _texts(path, "topics", data["topics"])
+    if len(set(topics)) != len(topics):
+        raise _fail(path, "topics", "duplicate topic")
+
+    style_raw = _check_keys(path, "style", data["style"], _STYLE)
+    style = Style(
+        notes=_text(path, "style.notes", style_raw["notes"]),
+        openers=_texts(path, "style.openers", style_raw["openers"]),
+        closings=_texts(path, "style.closings", style_raw["closings"]),
+        deflections=_texts(path, "style.deflections", style_raw["deflections"]),
+    )
+
+    if not isinstance(data["facts"], list) or not data["facts"]:
+        raise _fail(path, "facts", "expected a non-empty list of {topic, text, ask}")
+    facts = []
+    for i, raw in enumerate(data["facts"]):
+        where = f"facts[{i}]"
+        _check_keys(path, where, raw, _FACT)
+        topic = _text(path, f"{where}.topic", raw["topic"])
+        if topic not in topics:
+            raise _fail(path, f"{where}.topic", f"unknown topic {topic!r}", hint=_suggest(topic, list(topics)).replace("keys", "topics"))
+        facts.append(Fact(topic, _text(path, f"{where}.text", raw["text"]), _texts(path, f"{where}.ask", raw["ask"])))
+    empty = [t for t in topics if not any(f.topic == t for f in facts)]
+    if empty:
+        raise _fail(path, "topics", f"topic {empty[0]!r} has no facts", hint="add a fact with this topic, or remove the topic")
+
+    if not isinstance(data["does_not_know"], list) or not data["does_not_know"]:
+        raise _fail(path, "does_not_know", "expected a non-empty list of {domain, expert}")
+    domains = []
+    for i, raw in enumerate(data["does_not_know"]):
+        where = f"does_not_know[{i}]"
+        _check_keys(path, where, raw, _DOMAIN)
+        expert = raw.get("expert")
+        domains.append(Domain(_text(path, f"{where}.domain", raw["domain"]), None if expert is None else _text(path, f"{where}.expert", expert)))
+
+    return Persona(
+        name=name,
+        system=system,
+        topics=topics,
+        facts=tuple(facts),
+        style=style,
+        does_not_know=tuple(domains),
+        domain_keywords=_texts(path, "domain_keywords", data["domain_keywords"]),
+        identity=_texts(path, "identity", data["identity"]),
+        path=path,
+    )
+
+
+def read_yaml_file(path: Path) -> Any:
+    """YAML from a project data file, with file/line errors (shared with the speaker maps)."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise DataError(f"file not found: {path}") from None
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text (byte offset {exc.start})", hint="re-save the file as UTF-8") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark else ""
+        raise DataError(f"{path}{line}: invalid YAML: {getattr(exc, 'problem', exc)}") from None
+
+
+def load_persona_file(path: Path) -> Persona:
+    return parse_persona(read_yaml_file(path), path)
+
+
+def load_personas(cfg: Config) -> dict[str, Persona]:
+    """All personas in ``generate.personas_dir`` (``*.yaml``), keyed by name, cross-checked."""
+    folder = cfg.resolve(cfg.generate.personas_dir)
+    files = sorted(folder.glob("*.yaml")) if folder.is_dir() else []
+    if not files:
+        raise DataError(f"no persona files (*.yaml) in {folder}", hint="set generate.personas_dir, or add data/personas/<name>.yaml")
+    personas: dict[str, Persona] = {}
+    for path in files:
+        p = load_persona_file(path)
+        if p.name in personas:
+            raise DataError(f"{path}: persona name {p.name!r} is already used by {personas[p.name].path}")
+        personas[p.name] = p
+    for p in personas.values():
+        for i, d in enumerate(p.does_not_know):
+            if d.expert is not None and d.expert not in personas:
+                raise DataError(
+                    f"{p.path}: does_not_know[{i}].expert: unknown persona {d.expert!r}",
+                    hint=_suggest(d.expert, list(personas)).replace("keys", "personas"),
+                )
+            if d.expert == p.name:
+                raise DataError(f"{p.path}: does_not_know[{i}].expert names the persona itself")
+    return personas
+
+
+def persona_text(p: Persona) -> list[str]:
+    """Every string the persona file holds (for tokenizer training and warm-up)."""
+    out = [f"You are {p.name}, {p.system}", *p.topics, p.style.notes]
+    out += list(p.style.openers) + list(p.style.closings) + list(p.style.deflections)
+    for f in p.facts:
+        out.append(f.text)
+        out.extend(f.ask)
+    out += [d.domain for d in p.does_not_know]
+    return out
+
+
+def project_text(cfg: Config) -> list[str]:
+    """All text the project wrote itself: persona files, our own transcripts' speech, data/corpus/*.txt.
+
+    Transcripts outside the pipeline folder (the shared real transcripts) are
+    excluded: they are not ours to train a tokenizer or warm-up on.
+    """
+    from persona_pipeline.data.transcripts import own_transcript_text
+
+    texts: list[str] = []
+    for p in load_personas(cfg).values():
+        texts.extend(persona_text(p))
+    texts.extend(own_transcript_text(cfg))
+    corpus = cfg.resolve(CORPUS_DIR)
+    for path in sorted(corpus.glob("*.txt")) if corpus.is_dir() else []:
+        paragraphs = re.split(r"\n\s*\n", path.read_text(encoding="utf-8"))
+        texts.extend(" ".join(par.split()) for par in paragraphs if par.strip())
+    return texts

@@ -1,0 +1,1 @@
+"""Evaluation helpers: generation, metrics, embeddings, persona fidelity, reports."""

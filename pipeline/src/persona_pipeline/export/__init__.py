@@ -1,0 +1,1 @@
+"""Export helpers: GGUF vocabulary, llama.cpp runtime, model card."""

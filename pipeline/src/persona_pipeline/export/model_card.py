@@ -1,0 +1,204 @@
+"""The Hugging Face model card (README.md) for a published run: built only from figures, never from data text.
+
+It reads what the run folder already holds, defensively (a missing file reads
+"not evaluated yet", never an error): the resolved ``config.yaml`` (LoRA
+settings), ``train_summary.json``, ``eval/metrics.json`` and the baseline
+eval, the GGUF files and their ``check-<QUANT>.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from persona_pipeline.core.config import Config
+
+NOT_YET = "not evaluated yet"
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        return data if isinstance(data, dict) else None
+    except (OSError, ValueError):
+        return None
+
+
+def _run_config(cfg: Config, run_dir: Path) -> dict[str, Any]:
+    """The config the run was trained with (its config.yaml), else the current one."""
+    try:
+        data = yaml.safe_load((Path(run_dir) / "config.yaml").read_text(encoding="utf-8"))
+        if isinstance(data, dict):
+            return data
+    except (OSError, yaml.YAMLError):
+        pass
+    return cfg.to_dict()
+
+
+def license_id(note: str) -> str:
+    """The Hub's license identifier for a free-text license note ("other" when unsure)."""
+    n = note.lower()
+    for pattern, ident in ((r"apache", "apache-2.0"), (r"llama 3\.1", "llama3.1"), (r"llama 3\b", "llama3"),
+                           (r"gemma", "gemma"), (r"\bmit\b", "mit")):
+        if re.search(pattern, n):
+            return ident
+    return "other"
+
+
+def _is_hub_id(name: str) -> bool:
+    return name.count("/") == 1 and not name.startswith((".", "/", "~", "outputs/"))
+
+
+def _num(v: Any) -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, float):
+        return f"{v:.3f}"
+    return str(v)
+
+
+def metrics_section(cfg: Config, run_dir: Path) -> list[str]:
+    """Overall and per-persona metrics of the run's eval and of the baseline (un-tuned base model)."""
+    from persona_pipeline.stages.compare import METRIC_ROWS, baseline_dir
+
+    tuned = _read_json(Path(run_dir) / "eval" / "metrics.json")
+    base = _read_json(baseline_dir(cfg, Path(run_dir)) / "metrics.json")
+    lines = ["## Evaluation", ""]
+    if not tuned or not isinstance(tuned.get("overall"), dict):
+        return lines + [f"The fine-tuned model is {NOT_YET} (`make eval`).", ""]
+    t_over, b_over = tuned["overall"], (base or {}).get("overall") or {}
+    n = (tuned.get("eval_set") or {}).get("n_evaluated", t_over.get("n"))
+    gen = tuned.get("generation") or {}
+    lines += [
+        f"Held-out eval set of {n} questions (never seen in training), "
+        f"{'sampling' if gen.get('do_sample') else 'greedy decoding'}, at most {gen.get('max_new_tokens', '?')} new tokens. "
+        "The baseline is the un-tuned base model with the same prompts.",
+        "",
+        "| metric | baseline | fine-tuned |",
+        "|---|---:|---:|",
+    ]
+    for key, label, _ in METRIC_ROWS:
+        if t_over.get(key) is None and b_over.get(key) is None:
+            continue
+        lines.append(f"| {label} | {_num(b_over.get(key)) if base else NOT_YET} | {_num(t_over.get(key))} |")
+    per = tuned.get("per_persona") or {}
+    if per:
+        keys = [(k, label) for k, label, _ in METRIC_ROWS if k in ("rougeL", "bleu", "persona_match", "blend_rate")]
+        lines += ["", "Per persona (fine-tuned):", "", "| persona | n | " + " | ".join(l for _, l in keys) + " |",
+                  "|---|---:|" + "---:|" * len(keys)]
+        for name, g in per.items():
+            lines.append(f"| {name} | {_num(g.get('n'))} | " + " | ".join(_num(g.get(k)) for k, _ in keys) + " |")
+    return lines + [""]
+
+
+def _bash_quote(text: str) -> str:
+    """$'...' quoting so that the prompt's newlines survive the shell."""
+    return "$'" + text.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n") + "'"
+
+
+def _gguf_section(run_dir: Path, repo_id: str, subfolder: str, gguf_files: list[Path], example: str) -> list[str]:
+    if not gguf_files:
+        return []
+    lines = ["## GGUF (llama.cpp, Ollama)", "", "| file | size | check against transformers |", "|---|---:|---|"]
+    for f in gguf_files:
+        quant = f.stem.rsplit("-", 1)[-1]
+        chk = _read_json(Path(run_dir) / "gguf" / f"check-{quant}.json")
+        if not chk:
+            verdict = "not checked"
+        elif chk.get("mode") == "llama.cpp":
+            ties = chk.get("greedy_near_tie_divergences") or 0
+            verdict = (f"{chk['status']}: greedy output equal on {chk['greedy_equal']}/{chk['prompts']} prompts"
+                       + (f" (+{ties} parted at a near-tie)" if ties else "") + ", "
+                       f"top-1 agreement {chk['top1_agreement']:.3f}, max logit diff {chk['max_logit_diff']:.4f}")
+        else:
+            verdict = f"{chk.get('status')}: tensors only, max relative error {chk.get('max_rel_rms_error', 0):.2e}"
+        lines.append(f"| `gguf/{f.name}` | {f.stat().st_size / 1e6:.1f} MB | {verdict} |")
+    first = gguf_files[0].name
+    lines += [
+        "",
+        "```bash",
+        f"huggingface-cli download {repo_id} --include '{subfolder}/gguf/*' --local-dir .",
+        f"llama-completion -m {subfolder}/gguf/{first} -no-cnv -n 128 --temp 0.7 \\",
+        f"  -p {_bash_quote(example)}",
+        f"cd {subfolder}/gguf && ollama create persona -f Modelfile && ollama run persona",
+        "```",
+        "",
+    ]
+    return lines
+
+
+def build_model_card(
+    cfg: Config, run_dir: Path, *, repo_id: str, subfolder: str, artifact: str, gguf_files: list[Path]
+) -> str:
+    from persona_pipeline.stages.ollama_create import persona_systems
+    from persona_pipeline.core.prompt_format import format_prompt
+
+    run_dir = Path(run_dir)
+    rc = _run_config(cfg, run_dir)
+    model = rc.get("model") or {}
+    base_name = str(model.get("name_or_path") or cfg.model.name_or_path)
+    note = str(model.get("license_note") or cfg.model.license_note or "see the base model's license")
+    lora = rc.get("lora") or {}
+    quant = rc.get("quantization") or {}
+    summary = _read_json(run_dir / "train_summary.json") or {}
+    personas = persona_systems(cfg)
+    first, system = next(iter(personas.items()))
+    example = format_prompt(first, system, "What should school be for?")
+
+    front = {"license": license_id(note), "library_name": "peft" if artifact == "adapter" else "transformers",
+             "tags": ["persona", "lora", "fine-tuned", *(["gguf"] if gguf_files else [])]}
+    if _is_hub_id(base_name):
+        front["base_model"] = base_name
+    lines = ["---", yaml.safe_dump(front, sort_keys=False).strip(), "---", "",
+             f"# {cfg.name}: documentary persona model ({subfolder})", "",
+             "Fine-tuned to answer *as* one of the people of a documentary, named in the prompt: "
+             + ", ".join(personas) + ". Built with persona-pipeline.", "",
+             "## Base model and license", "",
+             f"- base model: `{base_name}`" + ("" if _is_hub_id(base_name) else " (built locally by the pipeline)"),
+             f"- license: {note}. This model is a derivative of the base model and is subject to its license.",
+             f"- published artifact: {'the LoRA adapter only (load it on top of the base model)' if artifact == 'adapter' else 'the full model with the LoRA adapter merged in'}",
+             "", "## Training", "",
+             f"- LoRA: r={lora.get('r')}, alpha={lora.get('lora_alpha')}, dropout={lora.get('lora_dropout')}, "
+             f"target modules {', '.join(lora.get('target_modules') or [])}",
+             f"- QLoRA (4-bit NF4): {'yes' if quant.get('load_in_4bit') else 'no'}"]
+    if summary:
+        samples = summary.get("samples") or {}
+        lines += [
+            f"- epochs: {_num(summary.get('epochs'))}, steps: {_num(summary.get('global_step'))}, "
+            f"tokens seen: {_num(summary.get('tokens_seen'))}, trainable parameters: {_num(summary.get('trainable_parameters'))}",
+            f"- eval loss: {_num(summary.get('base_eval_loss'))} before training, {_num(summary.get('final_eval_loss'))} after",
+            f"- data: {_num(samples.get('train'))} training and {_num(samples.get('eval'))} held-out samples "
+            "(question/answer pairs in each persona's voice, generated from the personas' public statements; "
+            "the data itself is private and not published)",
+        ]
+    else:
+        lines.append("- training summary: not available")
+    lines += [""] + metrics_section(cfg, run_dir)
+    load = (f'from transformers import AutoModelForCausalLM, AutoTokenizer\n\n'
+            f'model = AutoModelForCausalLM.from_pretrained("{repo_id}", subfolder="{subfolder}")\n'
+            f'tok = AutoTokenizer.from_pretrained("{repo_id}", subfolder="{subfolder}")')
+    if artifact == "adapter":
+        load = (f'from peft import PeftModel\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n\n'
+                f'base = AutoModelForCausalLM.from_pretrained("{base_name}")\n'
+                f'model = PeftModel.from_pretrained(base, "{repo_id}", subfolder="{subfolder}")\n'
+                f'tok = AutoTokenizer.from_pretrained("{repo_id}", subfolder="{subfolder}")')
+    lines += [
+        "## Usage", "",
+        "The prompt names the persona in a system line and ends with the persona's name; stop at the next `\\n\\nHuman:`.",
+        "", "```python", load,
+        f"prompt = {example!r}",
+        'ids = tok(prompt, return_tensors="pt")',
+        "out = model.generate(**ids, max_new_tokens=128, do_sample=True, temperature=0.7, top_p=0.9,",
+        '                     stop_strings=["\\n\\nHuman:"], tokenizer=tok)',
+        'print(tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True))',
+        "```", "",
+    ]
+    lines += _gguf_section(run_dir, repo_id, subfolder, gguf_files, example)
+    lines += ["## Limitations", "",
+              "The model imitates how these people speak about their own work; it can state things they never said. "
+              "Do not present its answers as quotes.", ""]
+    return "\n".join(lines)

@@ -1,0 +1,201 @@
+"""`make validate-data`: schema, empty fields, prompt format, token lengths, duplicates and train/eval leakage.
+
+Prints a report and writes it as JSON to ``outputs/data_validation.json``
+(line numbers and counts only, never sample text). Exits 1 on schema errors or
+leakage (an eval sample whose question or answer has a near-duplicate in train,
+or whose ``meta.group`` also occurs in train).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import statistics
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from persona_pipeline.stages.keys import data_key
+from persona_pipeline.data.dedup import Sample, find_leaks, similar_pairs, shingles
+from persona_pipeline.core.fsutil import atomic_write_json
+from persona_pipeline.stages.data import KINDS
+from persona_pipeline.core.prompt_format import PromptFormatError, parse_prompt
+from persona_pipeline.core.records import Record, is_encrypted, read_records
+
+if TYPE_CHECKING:  # pragma: no cover
+    from persona_pipeline.core.config import Config
+
+log = logging.getLogger(__name__)
+
+REPORT_FILE = "data_validation.json"
+MAX_LISTED = 20
+# Subword tokenizers split English into more tokens than words; used only without a tokenizer.
+WORDS_TO_TOKENS = 1.33
+
+
+def _token_counter(cfg: Config) -> tuple[Callable[[str], int], str]:
+    """Count tokens with the model's tokenizer when it loads offline, else estimate from words."""
+    name = cfg.model.name_or_path
+    local = cfg.resolve(name)
+    looks_like_hub_id = name.count("/") == 1 and not name.startswith((".", "/", "~"))
+    if local.exists() or looks_like_hub_id:
+        try:
+            from transformers import AutoTokenizer
+
+            tok = AutoTokenizer.from_pretrained(
+                str(local) if local.exists() else name,
+                local_files_only=True,
+                revision=cfg.model.revision,
+                trust_remote_code=cfg.model.trust_remote_code,
+            )
+            return (lambda text: len(tok(text, add_special_tokens=True)["input_ids"]) + 1), f"tokenizer of {name}"
+        except Exception as exc:  # noqa: BLE001 - any failure means "not available offline"
+            log.info("tokenizer not loadable offline (%s: %s)", type(exc).__name__, exc)
+    print(f"notice: the tokenizer of {name} is not available offline; token lengths are estimated "
+          f"as {WORDS_TO_TOKENS} x whitespace words (build it with `make base-model`, or download the model)")
+    return (lambda text: math.ceil(len(text.split()) * WORDS_TO_TOKENS) + 1), "estimate (whitespace words)"
+
+
+def _check_records(records: list[Record], split: str) -> tuple[list[dict[str, Any]], list[Sample | None]]:
+    """Schema and format problems per record, and the (question, answer) of every well-formed record."""
+    problems: list[dict[str, Any]] = []
+    samples: list[Sample | None] = []
+
+    def problem(r: Record, msg: str) -> None:
+        problems.append({"split": split, "line": r["meta"].get("line"), "problem": msg})
+
+    for r in records:
+        bad = False
+        for field in ("prompt", "completion"):
+            if not r[field].strip():
+                problem(r, f"'{field}' is empty or whitespace")
+                bad = True
+        if bad:
+            samples.append(None)
+            continue
+        if not r["completion"].startswith(" "):
+            problem(r, "completion must start with a space (' answer') to follow 'Name:'")
+        try:
+            parsed = parse_prompt(r["prompt"])
+        except PromptFormatError as exc:
+            problem(r, f"prompt: {exc}")
+            samples.append(None)
+            continue
+        meta = r["meta"]
+        if "persona" in meta and meta["persona"] != parsed.name:
+            problem(r, f"meta.persona {meta['persona']!r} does not match the prompt's persona {parsed.name!r}")
+        if "kind" in meta and meta["kind"] not in KINDS:
+            problem(r, f"meta.kind {meta['kind']!r} is not one of {', '.join(KINDS)}")
+        if "turns" in meta and meta["turns"] != parsed.turns:
+            problem(r, f"meta.turns is {meta['turns']} but the prompt has {parsed.turns} question(s)")
+        samples.append(Sample(parsed.question, r["completion"], meta.get("group")))
+    return problems, samples
+
+
+def _lengths(records: list[Record], count: Callable[[str], int], max_length: int) -> dict[str, Any]:
+    lens = [count(r["prompt"] + r["completion"]) for r in records]
+    over = [r["meta"].get("line") for r, n in zip(records, lens) if n > max_length]
+    return {
+        "max": max(lens, default=0),
+        "mean": round(statistics.fmean(lens), 1) if lens else 0,
+        "p95": sorted(lens)[int(0.95 * (len(lens) - 1))] if lens else 0,
+        "truncated": len(over),
+        "truncated_lines": over[:MAX_LISTED],
+    }
+
+
+def _duplicates(records: list[Record], samples: list[Sample | None], threshold: float) -> dict[str, Any]:
+    exact = Counter((r["prompt"], r["completion"]) for r in records)
+    idx = [i for i, s in enumerate(samples) if s is not None]
+    near = 0
+    for field in ("question", "answer"):
+        near += len(similar_pairs([shingles(getattr(samples[i], field)) for i in idx], threshold))
+    return {"exact_duplicates": sum(n - 1 for n in exact.values() if n > 1), "near_duplicate_pairs": near}
+
+
+def validate(cfg: Config, train: list[Record], evals: list[Record], count: Callable[[str], int]) -> dict[str, Any]:
+    """The validation report (a dict of counts and line numbers); ``ok`` is False on errors or leakage."""
+    threshold = cfg.generate.near_duplicate_threshold
+    report: dict[str, Any] = {"splits": {}, "schema_errors": []}
+    checked = {}
+    for split, records in (("train", train), ("eval", evals)):
+        problems, samples = _check_records(records, split)
+        report["schema_errors"] += problems
+        checked[split] = samples
+        kinds = Counter((r["meta"].get("persona", "?"), r["meta"].get("kind", "?")) for r in records)
+        report["splits"][split] = {
+            "records": len(records),
+            "by_persona_kind": {f"{p}/{k}": n for (p, k), n in sorted(kinds.items())},
+            "multi_turn": sum(1 for r in records if r["meta"].get("turns", 1) > 1),
+            "lengths": _lengths(records, count, cfg.data.max_length),
+            **_duplicates(records, samples, threshold),
+        }
+    tr = [(i, s) for i, s in enumerate(checked["train"]) if s is not None]
+    ev = [(j, s) for j, s in enumerate(checked["eval"]) if s is not None]
+    leaks = find_leaks(
+        [s for _, s in tr], [s for _, s in ev], threshold,
+        train_groups=[s.seed_group for _, s in tr], eval_groups=[s.seed_group for _, s in ev],
+    )
+    exact_cross = {(r["prompt"], r["completion"]) for r in train} & {(r["prompt"], r["completion"]) for r in evals}
+    listed = []
+    for lk in leaks:
+        listed.append({
+            "eval_line": evals[ev[lk.eval_index][0]]["meta"].get("line"),
+            "train_line": train[tr[lk.train_index][0]]["meta"].get("line"),
+            "field": lk.field,
+            "similarity": round(lk.similarity, 3),
+        })
+    leaky_eval = {d["eval_line"] for d in listed}
+    report["leakage"] = {
+        "eval_samples_leaked": len(leaky_eval),
+        "by_field": dict(Counter(d["field"] for d in listed)),
+        "exact_cross_duplicates": len(exact_cross),
+        "examples": listed[:MAX_LISTED],
+    }
+    report["has_groups"] = all(s is None or s.seed_group is not None for s in checked["train"] + checked["eval"])
+    report["ok"] = not report["schema_errors"] and not leaky_eval and not exact_cross
+    return report
+
+
+def _print(report: dict[str, Any], paths: dict[str, Path], counter_name: str, max_length: int) -> None:
+    print(f"{'split':<7}{'records':>8}{'multi-turn':>11}{'max tok':>9}{'mean':>8}{'p95':>6}"
+          f"{'>' + str(max_length):>8}{'exact dup':>11}{'near-dup pairs':>16}")
+    for split, s in report["splits"].items():
+        ln = s["lengths"]
+        print(f"{split:<7}{s['records']:>8}{s['multi_turn']:>11}{ln['max']:>9}{ln['mean']:>8}{ln['p95']:>6}"
+              f"{ln['truncated']:>8}{s['exact_duplicates']:>11}{s['near_duplicate_pairs']:>16}")
+    print(f"(token counts: {counter_name}; '>{max_length}': samples that would be truncated at data.max_length)")
+    kinds = sorted({k for s in report["splits"].values() for k in s["by_persona_kind"]})
+    if kinds:
+        print(f"\n{'persona/kind':<26}{'train':>7}{'eval':>7}")
+        for k in kinds:
+            print(f"{k:<26}" + "".join(f"{report['splits'][s]['by_persona_kind'].get(k, 0):>7}" for s in ("train", "eval")))
+    lk = report["leakage"]
+    fields = ", ".join(f"{k}: {v}" for k, v in lk["by_field"].items())
+    print(f"\nleakage: {lk['eval_samples_leaked']} eval sample(s) with a near-duplicate or shared group in train"
+          f"{f' ({fields})' if fields else ''}; exact train/eval duplicates: {lk['exact_cross_duplicates']}")
+    for d in lk["examples"][:5]:
+        print(f"  {paths['eval']} line {d['eval_line']} ~ {paths['train']} line {d['train_line']} ({d['field']}, {d['similarity']})")
+    if not report["has_groups"]:
+        print("note: some records have no meta.group; leakage was checked by text similarity only")
+    for e in report["schema_errors"][:MAX_LISTED]:
+        print(f"error: {paths[e['split']]}:{e['line']}: {e['problem']}")
+    if len(report["schema_errors"]) > MAX_LISTED:
+        print(f"... and {len(report['schema_errors']) - MAX_LISTED} more schema errors")
+
+
+def run(cfg: Config) -> int:
+    paths = {"train": cfg.resolve(cfg.data.train), "eval": cfg.resolve(cfg.data.eval)}
+    key = data_key(cfg) if any(is_encrypted(p) for p in paths.values()) else None
+    train = read_records(paths["train"], key)
+    evals = read_records(paths["eval"], key)
+    count, counter_name = _token_counter(cfg)
+    report = validate(cfg, train, evals, count)
+    report["token_counter"] = counter_name
+    report["files"] = {k: str(v) for k, v in paths.items()}
+    out = cfg.outputs_dir / REPORT_FILE
+    atomic_write_json(out, report)
+    _print(report, paths, counter_name, cfg.data.max_length)
+    verdict = "OK" if report["ok"] else "FAILED"
+    print(f"\nvalidate-data: {verdict}; report: {out}")
+    return 0 if report["ok"] else 1

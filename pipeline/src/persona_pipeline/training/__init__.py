@@ -1,0 +1,1 @@
+"""Training helpers: batching/collation and Trainer callbacks."""
