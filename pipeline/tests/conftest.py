@@ -127,3 +127,36 @@ def write_dataset(data_key):
         return train, evl
 
     return _write
+
+
+def finetune(model_dir: Path, adapter_dir: Path, records: list[dict], steps: int = 40, seed: int = 0) -> float:
+    """A plain LoRA loop (the train stage is tested elsewhere): enough steps to learn the answer format."""
+    import random
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(seed)
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(model_dir),
+        LoraConfig(
+            r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+            # The test base model is barely warmed up: a trainable output layer lets 40 steps learn the answers.
+            modules_to_save=["lm_head"], task_type="CAUSAL_LM",
+        ),
+    )
+    texts = [r["prompt"] + r["completion"] + tok.eos_token for r in records]
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    rng = random.Random(seed)
+    model.train()
+    for _ in range(steps):
+        batch = tok(rng.sample(texts, 8), return_tensors="pt", padding=True)
+        loss = model(**batch, labels=batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    model.save_pretrained(adapter_dir)
+    tok.save_pretrained(adapter_dir)
+    return loss.item()

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 HUMAN = "Human"
 SEP = "\n\n"
@@ -84,3 +84,31 @@ def parse_prompt(prompt: str) -> ParsedPrompt:
         else:
             history.append((q or "", text))
     return ParsedPrompt(name=name, system=head["system"], history=history, question=q or "")
+
+
+class PromptTooLong(ValueError):
+    """Even without earlier turns the prompt is longer than the token budget."""
+
+
+def fit_prompt(
+    name: str,
+    system: str,
+    question: str,
+    history: Sequence[tuple[str, str]],
+    count_tokens: Callable[[str], int],
+    budget: int,
+) -> tuple[str, int]:
+    """The longest-history prompt within ``budget`` tokens: (prompt, earlier turns kept), oldest turns dropped first.
+
+    The model was trained on prompts of at most ``data.max_length`` tokens, so a chat keeps its
+    prompt (plus the answer's room) inside that rather than letting the context grow without bound.
+    """
+    turns = list(history)
+    while True:
+        prompt = format_prompt(name, system, question, turns)
+        n = count_tokens(prompt)
+        if n <= budget:
+            return prompt, len(turns)
+        if not turns:
+            raise PromptTooLong(f"the question makes a {n}-token prompt; at most {budget} fit (data.max_length minus eval.max_new_tokens)")
+        turns.pop(0)

@@ -67,7 +67,7 @@ class Generation:
         return self.stop == "max_tokens"
 
 
-def _generation_config(model, tokenizer, s: GenerationSettings):
+def generation_config(model, tokenizer, s: GenerationSettings):
     """The model's generation config with our decoding settings on top (instruct models ship sampling defaults)."""
     gen = copy.deepcopy(model.generation_config)
     eos = gen.eos_token_id
@@ -154,7 +154,7 @@ def generate(
 
     if not prompts:
         return []
-    gen_cfg = _generation_config(model, tokenizer, settings)
+    gen_cfg = generation_config(model, tokenizer, settings)
     eos_ids = set(gen_cfg.eos_token_id)
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"  # new tokens must line up at the right edge of every row

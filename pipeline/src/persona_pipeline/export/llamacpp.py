@@ -21,7 +21,7 @@ import struct
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from persona_pipeline.core.errors import PipelineError
 
@@ -345,15 +345,25 @@ class LlamaCppModel:
 
     def greedy(self, tokens: list[int], max_new_tokens: int) -> list[int]:
         """Greedy continuation of ``tokens`` with the KV cache (stops after an end-of-generation token, kept)."""
-        new: list[int] = []
+        return list(self.stream(tokens, max_new_tokens, lambda logits, _step: int(logits.argmax())))
+
+    def piece(self, token: int) -> bytes:
+        """The bytes of one token (control tokens such as EOS give none)."""
+        buf = ctypes.create_string_buffer(256)
+        n = self.api.token_to_piece(self.vocab, token, buf, len(buf), 0, False)
+        return buf.raw[: max(n, 0)]
+
+    def stream(self, tokens: list[int], max_new_tokens: int, choose: Callable[[Any, int], int]) -> Iterator[int]:
+        """Yield new tokens one by one (KV cache); ``choose(logits, step)`` picks each; stops after an end-of-generation token."""
+        if len(tokens) + max_new_tokens > self.n_ctx:
+            raise PipelineError(f"{len(tokens)} prompt + {max_new_tokens} new tokens exceed the llama.cpp context ({self.n_ctx})")
         logits = self.logits(tokens)
         for step in range(max_new_tokens):
-            nxt = int(logits.argmax())
-            new.append(nxt)
+            nxt = choose(logits, step)
+            yield nxt
             if self.is_eog(nxt) or step == max_new_tokens - 1:
-                break
+                return
             logits = self._decode([nxt], len(tokens) + step, False)[0]
-        return new
 
     def close(self) -> None:
         if getattr(self, "ctx", None):

@@ -1,0 +1,1 @@
+"""Using a trained persona: streaming answers through transformers or llama.cpp."""
