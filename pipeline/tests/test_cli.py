@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -55,3 +56,19 @@ def test_show_config_prints_resolved(capsys):
     assert main(["show-config", "--config", str(PIPELINE / "configs/eval_tiny_baseline.yaml")]) == 0
     out = capsys.readouterr().out
     assert "source: base" in out and "lora_alpha: 128" in out
+
+
+def test_bare_config_names_resolve_from_any_folder(tmp_path):
+    """The seed's commands as written: TRAIN_CONFIG=train_llama31_8b_instruct (no folder, no .yaml)."""
+    proc = subprocess.run(["make", "-s", "-C", str(PIPELINE), "show-config", "TRAIN_CONFIG=train_llama31_8b_instruct"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "name: llama31_8b_instruct" in proc.stdout and "meta-llama/Llama-3.1-8B-Instruct" in proc.stdout
+    # The CLI itself, from another folder, with or without .yaml; an unknown name lists the shipped ones.
+    for name in ("eval_tiny_baseline", "eval_tiny_baseline.yaml"):
+        proc = subprocess.run([str(Path(sys.executable).with_name("persona-pipeline")), "show-config", "--config", name],
+                              capture_output=True, text=True, cwd=tmp_path)
+        assert proc.returncode == 0 and "source: base" in proc.stdout, proc.stderr
+    proc = subprocess.run([str(Path(sys.executable).with_name("persona-pipeline")), "show-config", "--config", "train_lama31"],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 2 and "config not found: train_lama31" in proc.stderr and "train_llama31_8b_instruct" in proc.stderr

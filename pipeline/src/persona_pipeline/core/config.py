@@ -439,9 +439,32 @@ def find_root(config_path: Path) -> Path:
     return Path.cwd()
 
 
+# The shipped configs: pipeline/configs/ beside src/ (an editable install, the way this project installs).
+CONFIGS_DIR = Path(__file__).resolve().parents[3] / "configs"
+
+
+def config_path(name: str | os.PathLike) -> Path:
+    """A config file from a path, or from a bare name: ``train_tiny`` or ``train_tiny.yaml`` -> ``configs/train_tiny.yaml``.
+
+    A path that exists wins; a bare name is looked up in ``./configs`` and then in the shipped configs folder.
+    """
+    path = Path(name)
+    if path.is_file() or len(path.parts) > 1:
+        return path
+    file = path.name if path.suffix in (".yaml", ".yml") else f"{path.name}.yaml"
+    for folder in (Path("configs"), CONFIGS_DIR):
+        if (folder / file).is_file():
+            return folder / file
+    shipped = sorted(p.stem for p in CONFIGS_DIR.glob("*.yaml")) if CONFIGS_DIR.is_dir() else []
+    raise ConfigError(
+        f"config not found: {name} (no such file, and no {file} in ./configs or {CONFIGS_DIR})",
+        hint=("shipped configs: " + ", ".join(shipped)) if shipped else "pass the path of a YAML config",
+    )
+
+
 def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> Config:
-    """Load, merge (``extends:``), override and validate a config file."""
-    path = Path(path)
+    """Load, merge (``extends:``), override and validate a config file (a path or a bare name, see :func:`config_path`)."""
+    path = config_path(path)
     raw, origin = _load_raw(path)
     overridden: list[str] = []
     for text in overrides or []:
