@@ -193,3 +193,19 @@ def run(cfg: Config, *, force: bool = False) -> int:
     out = build_base_model(cfg, force=force)
     print(f"tiny base model: {out}")
     return 0
+
+
+def ensure_base_model(cfg: Config) -> None:
+    """Build the base model first when a stage needs it and it is missing where `make base-model` writes it.
+
+    A fresh clone then works in any order (`make bench`, `make tokenize`, ...), as `make demo` does;
+    a model folder anywhere else, or a Hub id, is never built here (those errors stay as they are).
+    """
+    from persona_pipeline.core.modeling import model_location
+
+    folder = Path(model_location(cfg))
+    built_here = folder.is_absolute() and folder.resolve().is_relative_to((cfg.outputs_dir / "models").resolve())
+    if built_here and not (folder / "config.json").is_file():
+        print(f"notice: base model {folder} is missing: building it first (as `make base-model` does)", flush=True)
+        run(cfg)
+

@@ -17,6 +17,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from persona_pipeline.core.config import Config
+from persona_pipeline.stages.base_model import ensure_base_model
+from persona_pipeline.stages.data import ensure_data
 from persona_pipeline.core.errors import PipelineError
 from persona_pipeline.core.fsutil import atomic_write_json
 
@@ -128,6 +130,8 @@ def run(cfg: Config) -> int:
     from persona_pipeline.evaluation.generation import set_eval_threads
 
     set_eval_threads(cfg)
+    ensure_base_model(cfg)
+    ensure_data(cfg)
     res = benchmark(cfg)
     s = res["summary"]
     print(f"bench-eval: {res['prompts']} prompts, batch {res['batch_size']}, {res['device']}, {res['threads']} threads -> {res['path']}")

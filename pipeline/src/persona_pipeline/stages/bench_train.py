@@ -32,6 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from persona_pipeline.core.config import Config
+from persona_pipeline.stages.base_model import ensure_base_model
+from persona_pipeline.stages.data import ensure_data
 from persona_pipeline.core.fsutil import atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -286,6 +288,8 @@ def _config_arg(cfg: Config) -> str:
 def run(cfg: Config, *, overrides: tuple[str, ...] = ()) -> int:
     overrides = " ".join(overrides)
     command = f"make bench-train TRAIN_CONFIG={_config_arg(cfg)}" + (f" ARGS='{overrides}'" if overrides else "")
+    ensure_base_model(cfg)
+    ensure_data(cfg)
     res = bench(cfg, command=command)
     s, v = res["summary"], res["variants"]
     print(f"bench-train ({res['settings']['device']}, batch {res['settings']['batch_size']}, "

@@ -242,3 +242,16 @@ def run(cfg: Config) -> int:
         print(f"note: {len(missing)} transcript(s) not found and skipped: {', '.join(missing)}", file=sys.stderr)
     return 0
 
+
+def ensure_data(cfg: Config) -> None:
+    """Generate the datasets first when a stage needs them and neither exists where `make data` writes them.
+
+    Only the generated files are made on demand; your own data.train / data.eval paths must exist.
+    """
+    out_dir = cfg.resolve(cfg.generate.output_dir)
+    wanted = [cfg.resolve(cfg.data.train), cfg.resolve(cfg.data.eval)]
+    generated = [out_dir / "train.jsonl.enc", out_dir / "eval.jsonl.enc"]
+    if [p.resolve() for p in wanted] == [p.resolve() for p in generated] and not any(p.exists() for p in wanted):
+        print(f"notice: no datasets in {out_dir}: generating them first (as `make data` does)", flush=True)
+        run(cfg)
+

@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from persona_pipeline.core.config import Config
+from persona_pipeline.stages.base_model import ensure_base_model
+from persona_pipeline.stages.data import ensure_data
 from persona_pipeline.core.errors import DataError, PipelineError
 from persona_pipeline.core.fsutil import atomic_dir
 
@@ -371,6 +373,8 @@ def run(cfg: Config, *, run: str = "latest") -> int:
 
     set_eval_threads(cfg)
     run_dir, out = output_dir(cfg, run)
+    ensure_base_model(cfg)
+    ensure_data(cfg)
     m = evaluate(cfg, run_dir, out_dir=out)
     o = m["overall"]
     print(f"eval ({m['model']['source']}) on {o['n']} samples -> {out}")

@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from persona_pipeline.core.config import Config
+from persona_pipeline.stages.base_model import ensure_base_model
+from persona_pipeline.stages.data import ensure_data
 from persona_pipeline.core.crypto import CryptoError, decrypt_bytes, encrypt_bytes
 from persona_pipeline.stages.keys import data_key
 from persona_pipeline.core.errors import DataError
@@ -202,6 +204,8 @@ def tokenize(cfg: Config, force: bool = False) -> dict[str, dict[str, Any]]:
 
 
 def run(cfg: Config, *, force: bool = False) -> int:
+    ensure_base_model(cfg)
+    ensure_data(cfg)
     stats = tokenize(cfg, force=force)
     for split, s in stats.items():
         state = "reused cache" if s["from_cache"] else "tokenized"

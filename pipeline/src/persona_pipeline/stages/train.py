@@ -29,6 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from persona_pipeline.core.config import Config, dump_config
+from persona_pipeline.stages.base_model import ensure_base_model
+from persona_pipeline.stages.data import ensure_data
 from persona_pipeline.core.errors import PipelineError
 from persona_pipeline.core.fsutil import atomic_dir, atomic_write_json, atomic_write_text
 from persona_pipeline.core.runs import mark_latest, new_run_dir, resolve_run
@@ -425,6 +427,9 @@ def _write_trace(trace_dir: Path | None, state, trace, writes) -> None:
 
 
 def run(cfg: Config, *, resume: str | None = None) -> int:
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:  # several torchrun processes must not build them at once
+        ensure_base_model(cfg)
+        ensure_data(cfg)
     run_dir = train(cfg, resume=resume)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0

@@ -24,6 +24,7 @@ from persona_pipeline.core.records import Record, is_encrypted, read_records
 
 if TYPE_CHECKING:  # pragma: no cover
     from persona_pipeline.core.config import Config
+from persona_pipeline.stages.data import ensure_data
 
 log = logging.getLogger(__name__)
 
@@ -185,6 +186,7 @@ def _print(report: dict[str, Any], paths: dict[str, Path], counter_name: str, ma
 
 
 def run(cfg: Config) -> int:
+    ensure_data(cfg)
     paths = {"train": cfg.resolve(cfg.data.train), "eval": cfg.resolve(cfg.data.eval)}
     key = data_key(cfg) if any(is_encrypted(p) for p in paths.values()) else None
     train = read_records(paths["train"], key)
