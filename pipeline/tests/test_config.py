@@ -112,13 +112,18 @@ def test_paths_resolve_against_pipeline_root():
     assert cfg.resolve(cfg.model.name_or_path) == PIPELINE / "outputs" / "models" / "tiny-llama"
 
 
-def test_dump_redacts_secrets():
+def test_dump_redacts_secrets(tmp_path):
     cfg = load_config(CONFIGS / "train_tiny.yaml", ["publish.repo_id=me/x"])
     text = dump_config(cfg)
     assert "lora_alpha: 128" in text and "me/x" in text
     from persona_pipeline.core.config import _redact
 
     assert _redact({"hf_token": "abc", "x": {"api_key": "k"}}) == {"hf_token": "***redacted***", "x": {"api_key": "***redacted***"}}
+    # Settings that merely contain the word stay: the saved config must load back (a run remembers it).
+    assert "max_new_tokens: 128" in text and "redacted" not in text
+    saved = tmp_path / "config.yaml"
+    saved.write_text(text)
+    assert load_config(saved).to_dict() == cfg.to_dict()
 
 
 def test_cli_bad_config_fails_fast_without_heavy_imports(tmp_path):

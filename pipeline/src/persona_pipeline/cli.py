@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 
 from persona_pipeline.core.errors import PipelineError
+from persona_pipeline.core.run_config import config_for_run
 
 DEFAULT_CONFIG = "configs/train_tiny.yaml"
 
@@ -82,7 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="stage", metavar="<stage>", required=True)
     for stage in STAGES:
         sp = sub.add_parser(stage.name, help=stage.help, description=stage.help)
-        sp.add_argument("--config", default=DEFAULT_CONFIG, help=f"YAML config (default: {DEFAULT_CONFIG})")
+        default = "the run's saved config.yaml, else " if "run" in stage.options else ""
+        sp.add_argument("--config", default=None,
+                        help=f"YAML config: a path or a bare name such as train_tiny (default: {default}{DEFAULT_CONFIG})")
         for opt in stage.options:
             if opt == "overrides":  # the key=value list below, passed through as well
                 continue
@@ -125,7 +128,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from persona_pipeline.core.config import load_config
 
-        cfg = load_config(args.config, args.overrides)
+        cfg = load_config(args.config or DEFAULT_CONFIG, args.overrides)
+        if "run" in stage.options:
+            cfg = config_for_run(cfg, args.run, args.overrides, explicit=args.config is not None)
         rc = _resolve(stage.target)(cfg, **stage_kwargs(stage, args)) or 0
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -502,7 +503,8 @@ def dump_config(cfg: Config, redact: bool = True) -> str:
     return yaml.safe_dump(d, sort_keys=False)
 
 
-_SECRET_WORDS = ("token", "password", "secret", "api_key")
+# A key that names a secret (token, hf_token, api_key, ...); not max_new_tokens, which merely contains "token".
+_SECRET_KEY = re.compile(r"(^|_)(token|password|secret|api_key)$")
 
 
 def _redact(value: Any, key: str = "") -> Any:
@@ -510,6 +512,6 @@ def _redact(value: Any, key: str = "") -> Any:
         return {k: _redact(v, k) for k, v in value.items()}
     if isinstance(value, list):
         return [_redact(v, key) for v in value]
-    if value and any(w in key.lower() for w in _SECRET_WORDS):
+    if value and _SECRET_KEY.search(key.lower()):
         return "***redacted***"
     return value
