@@ -49,6 +49,7 @@ STAGES: tuple[Stage, ...] = (
           ("run", "persona", "backend", "temperature")),
     Stage("ask", "stages.chat:ask", "answer one question as a persona of a run and exit",
           ("run", "persona", "question", "backend", "temperature")),
+    Stage("leaderboard", "stages.leaderboard:run", "one table over every evaluated run beside the seed's targets and result"),
     Stage("bench-train", "stages.bench_train:run", "benchmark: our batching vs padding to max_length", ("overrides",)),
     Stage("bench-eval", "stages.bench_eval:run", "benchmark: batched vs one-at-a-time generation"),
     Stage("bench-summary", "stages.bench_summary:run", "collect outputs/bench/*.json into outputs/bench/summary.md"),
