@@ -62,7 +62,7 @@ _OPTION_ARGS: dict[str, tuple[tuple[str, ...], dict]] = {
     "run": (("--run",), dict(default="latest", help="run name, folder, or 'latest' (default)")),
     "resume": (("--resume",), dict(default=None, help="continue a run from its last checkpoint ('latest', a name or a folder)")),
     "dry_run": (("--dry-run",), dict(action="store_true", help="stage everything locally, send nothing")),
-    "persona": (("--persona",), dict(default=None, help="persona name (default: the first of eval.personas)")),
+    "persona": (("--persona",), dict(default=None, help="persona name (default: the first of eval.personas, else of the persona files)")),
     "question": (("--question", "-q"), dict(default=None, help="the question to answer")),
     "backend": (("--backend",), dict(default="transformers", choices=("transformers", "llamacpp"),
                                      help="transformers (eval.source: adapter, merged or base) or llamacpp (the run's GGUF)")),

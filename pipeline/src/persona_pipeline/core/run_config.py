@@ -4,7 +4,7 @@ Stages that take ``--run`` (merge, eval, compare, gguf, gguf-check, publish-hf,
 chat, ask, ...) use the run's saved config when no ``--config`` is given, so a
 bare ``make merge`` after training an 8B config merges into the 8B base model,
 not the tiny default. A config that *is* given must train the same model on the
-same data as the run; otherwise it is an error naming both.
+same training data as the run; otherwise it is an error naming both.
 """
 
 from __future__ import annotations
@@ -21,12 +21,11 @@ RUN_CONFIG = "config.yaml"
 
 
 def _identity(cfg: Config) -> dict[str, str]:
-    """What must match between a run and a config used on it: the base model and the datasets."""
-    return {
-        "model": model_location(cfg),
-        "data.train": str(cfg.resolve(cfg.data.train).resolve()),
-        "data.eval": str(cfg.resolve(cfg.data.eval).resolve()),
-    }
+    """What must match between a run and a config used on it: the base model and the training data.
+
+    The eval set may differ: evaluating a run on your own file (EVAL_FILE) is the point of that option.
+    """
+    return {"model": model_location(cfg), "data.train": str(cfg.resolve(cfg.data.train).resolve())}
 
 
 def config_for_run(cfg: Config, run: str | None, overrides: list[str], *, explicit: bool) -> Config:

@@ -303,8 +303,6 @@ def evaluate(cfg: Config, run_dir: Path | None, *, out_dir: Path | None = None) 
     train_path = cfg.resolve(cfg.data.train)
     # Everything that can fail on user input happens before the model loads and before anything is written.
     records, eval_sha = read_eval_set(cfg)
-    chosen = select_samples(records, cfg.eval.personas, cfg.eval.max_samples, str(eval_path))
-    train_records, train_sha = read_dataset(cfg, train_path)
     from persona_pipeline.data.personas import load_personas
 
     personas = load_personas(cfg)
@@ -312,6 +310,15 @@ def evaluate(cfg: Config, run_dir: Path | None, *, out_dir: Path | None = None) 
     if unknown:
         raise DataError(f"eval.personas names {', '.join(unknown)}, which has no file in {cfg.resolve(cfg.generate.personas_dir)}",
                         hint="fix eval.personas or add the persona file")
+    # Unset eval.personas: every persona file the eval set has samples for (all of them for `make data`'s split).
+    present = {persona_of(r) for r in records}
+    names = cfg.eval.personas or [n for n in personas if n in present]
+    if not names:
+        raise DataError(f"{eval_path}: no sample belongs to a persona with a file in {cfg.resolve(cfg.generate.personas_dir)} "
+                        f"(the file has: {', '.join(sorted(str(p) for p in present))})",
+                        hint="add the persona files, or give each record meta.persona / a prompt ending in '\\n\\n<Name>:'")
+    chosen = select_samples(records, names, cfg.eval.max_samples, str(eval_path))
+    train_records, train_sha = read_dataset(cfg, train_path)
     embedder, emb_status = load_embedder(cfg, str(device()))
     if not emb_status.available:
         print(f"notice: {emb_status.notice}")

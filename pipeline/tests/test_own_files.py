@@ -1,0 +1,74 @@
+"""Your own files: a new persona YAML flows through data, eval (fidelity), Modelfiles and chat with no other edit;
+your own eval file, plain JSONL, evaluates a run (EVAL_FILE)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+from conftest import CONFIGS, PIPELINE, finetune, persona_records
+from persona_pipeline.cli import main
+from persona_pipeline.core.config import load_config
+from persona_pipeline.core.records import read_records
+
+
+def test_a_new_persona_file_flows_through_data_eval_modelfiles_and_chat(tmp_path, tiny_model_dir, data_key, capsys):
+    from persona_pipeline.stages.gguf import export_gguf
+    from persona_pipeline.stages.merge import merge
+
+    personas_dir = tmp_path / "personas"
+    shutil.copytree(PIPELINE / "data" / "personas", personas_dir)
+    (personas_dir / "rumi.yaml").write_text((personas_dir / "anis.yaml").read_text().replace("Anis", "Rumi"))
+    overrides = [
+        f"generate.personas_dir={personas_dir}", "generate.transcripts=[]", f"generate.output_dir={tmp_path / 'data'}",
+        f"data.train={tmp_path / 'data' / 'train.jsonl.enc'}", f"data.eval={tmp_path / 'data' / 'eval.jsonl.enc'}",
+        f"paths.outputs={tmp_path / 'outputs'}", f"model.name_or_path={tiny_model_dir}", "train.num_threads=1",
+        "eval.max_samples=8", "eval.max_new_tokens=16", "eval.embeddings=off", "gguf.auto_install=false",
+    ]
+    config = ["--config", str(CONFIGS / "eval_tiny.yaml")]
+    # data: the new persona gets samples (no other edit: eval.personas is unset, so every persona file counts).
+    assert main(["data", *config, *overrides]) == 0
+    cfg = load_config(CONFIGS / "eval_tiny.yaml", overrides)
+    train = read_records(cfg.resolve(cfg.data.train), bytes(range(32)))
+    assert {r["meta"]["persona"] for r in train} == {"Tilda", "Ahsan", "Anis", "Rumi"}
+
+    run_dir = cfg.runs_dir / "own"
+    finetune(tiny_model_dir, run_dir / "adapter", train[:64], steps=10)
+    (cfg.runs_dir / "latest").symlink_to("own")
+    # eval: scored per persona, Rumi included, in ROUGE and in the persona classifier (fidelity).
+    assert main(["eval", *config, *overrides]) == 0
+    metrics = json.loads((run_dir / "eval" / "metrics.json").read_text())
+    assert set(metrics["per_persona"]) == {"Tilda", "Ahsan", "Anis", "Rumi"}
+    assert "Rumi" in metrics["fidelity"]["tfidf"]["per_persona"]
+    # Modelfiles: one per persona file.
+    merge(cfg, run_dir)
+    gguf_file = export_gguf(cfg, run_dir, "F16")
+    modelfile = (gguf_file.parent / "Modelfile.Rumi").read_text()
+    assert 'SYSTEM """You are Rumi, who runs an organic tea plantation' in modelfile
+    # chat: /persona Rumi answers as Rumi in the training prompt format.
+    capsys.readouterr()
+    assert main(["ask", *config, "--persona", "rumi", "-q", "Where is your tea garden?", *overrides]) == 0
+    assert capsys.readouterr().out.startswith("Rumi: ")
+
+
+def test_your_own_plain_eval_file(tmp_path, tiny_model_dir, data_key):
+    """EVAL_FILE=my.jsonl: plain JSONL (predictions stay plain), personas taken from what the file covers."""
+    from persona_pipeline.core.records import write_records
+
+    overrides = [f"paths.outputs={tmp_path / 'outputs'}", f"model.name_or_path={tiny_model_dir}",
+                 f"data.train={tmp_path / 'train.jsonl.enc'}", "eval.max_new_tokens=16", "eval.embeddings=off",
+                 "train.num_threads=1"]
+    cfg = load_config(CONFIGS / "eval_tiny.yaml", overrides)
+    train = persona_records(48, 1)
+    write_records(cfg.resolve(cfg.data.train), train, bytes(range(32)))
+    mine = tmp_path / "my_eval.jsonl"
+    own = [r for r in persona_records(12, 3) if r["meta"]["persona"] != "Ahsan"]
+    mine.write_text("".join(json.dumps(r) + "\n" for r in own))
+    run_dir = cfg.runs_dir / "r"
+    finetune(tiny_model_dir, run_dir / "adapter", train, steps=10)
+    # As `make eval RUN=r EVAL_FILE=my_eval.jsonl` runs it.
+    assert main(["eval", "--run", "r", *overrides, f"data.eval={mine}"]) == 0
+    metrics = json.loads((run_dir / "eval" / "metrics.json").read_text())
+    assert metrics["eval_set"]["path"] == str(mine) and metrics["eval_set"]["n_evaluated"] == len(own)
+    assert set(metrics["per_persona"]) == {"Tilda", "Anis"}
+    assert (run_dir / "eval" / "predictions.jsonl").is_file() and not (run_dir / "eval" / "predictions.jsonl.enc").exists()
