@@ -164,8 +164,9 @@ def test_chat_reads_a_piped_stdin(chat_run):
                           input=script, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
-    assert len(lines) == 2 and lines[0].startswith("Tilda: ") and lines[1].startswith("Anis: "), proc.stdout
-    for note in ("chatting with Tilda", "now chatting with Anis", "no persona named 'Nobody'", "reset", "unknown command '/bogus'"):
+    # No PERSONA and eval.personas unset: the first persona file (ahsan.yaml).
+    assert len(lines) == 2 and lines[0].startswith("Ahsan: ") and lines[1].startswith("Anis: "), proc.stdout
+    for note in ("chatting with Ahsan", "now chatting with Anis", "no persona named 'Nobody'", "reset", "unknown command '/bogus'"):
         assert note in proc.stderr, note
 
 

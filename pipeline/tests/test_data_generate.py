@@ -175,6 +175,8 @@ def test_project_text_holds_our_own_writing_only():
 
 
 def test_no_key_anywhere_is_a_clean_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("PERSONA_DATA_KEY", KEY)
+    assert main(["data", *_args(tmp_path)]) == 0  # encrypted data exists (else validate-data would generate it)
     monkeypatch.delenv("PERSONA_DATA_KEY", raising=False)
     assert main(["validate-data", *_args(tmp_path)]) != 0
     assert "no data key" in capsys.readouterr().err

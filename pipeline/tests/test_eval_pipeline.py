@@ -181,7 +181,7 @@ def test_eval_bad_input_fails_clearly_and_overwrites_nothing(evaluated, data_key
 
     path = tmp_path / "eval_two.jsonl.enc"
     write_records(path, only_two, load_key(cfg.resolve(cfg.data.key_file)))
-    assert main(["eval", "--config", cfg_file, *overrides, f"data.eval={path}"]) == 1
+    assert main(["eval", "--config", cfg_file, *overrides, f"data.eval={path}", "eval.personas=[Tilda, Ahsan, Anis]"]) == 1
     err = capsys.readouterr().err
     assert "no eval samples for persona(s) Anis" in err and str(path) in err
 

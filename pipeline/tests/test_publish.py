@@ -92,7 +92,8 @@ def test_dry_run_stages_model_gguf_and_card_with_real_metrics(tmp_path, tiny_mod
     assert "| Tilda | 4 |" in card
     assert "r=64, alpha=128" in card and "48 training and 12 held-out samples" in card
     assert "2.250 after" in card and "top-1 agreement 0.987" in card
-    assert 'subfolder="tiny"' in card and "You are Tilda, " in card
+    # The usage example speaks as the first persona file (eval.personas unset: ahsan.yaml).
+    assert 'subfolder="tiny"' in card and "You are Ahsan, " in card
     for p in staged.rglob("*"):  # no data text anywhere
         assert b"PRIVATE-" not in p.read_bytes() if p.is_file() else True
 
