@@ -26,8 +26,8 @@ from persona_pipeline.data.personas import Persona, load_personas
 from persona_pipeline.core.prompt_format import format_completion, format_prompt
 from persona_pipeline.core.records import Record, write_records
 from persona_pipeline.data.rephrase import transform
-from persona_pipeline.data.synth import Draft, contrastive, hypothetical
-from persona_pipeline.data.transcripts import Pair, TranscriptStats, ingest_all
+from persona_pipeline.data.synth import ORIGINS, Draft, contrastive, hypothetical
+from persona_pipeline.data.transcripts import Pair, TranscriptStats, check_fact_sources, ingest_all
 
 if TYPE_CHECKING:  # pragma: no cover
     from persona_pipeline.core.config import Config
@@ -46,8 +46,10 @@ class Dataset:
 
 
 def _extracted(pairs: list[Pair], personas: dict[str, Persona]) -> list[Draft]:
+    # Pieces of one turn share the turn's source and so its seed group: they stay on one side of the split.
     return [
-        Draft(p.persona, "extracted", p.question, p.answer, p.source, f"x:{p.source}", p.conversation, p.q_turn, p.a_turn)
+        Draft(p.persona, "extracted", p.question, p.answer, p.source, f"x:{p.source}", p.conversation, p.order,
+              origin="quote", derived_question=p.derived)
         for p in pairs
         if p.persona in personas
     ]
@@ -59,7 +61,8 @@ def _transformed(drafts: list[Draft], personas: dict[str, Persona], per_sample: 
         for k in range(1, per_sample + 1):
             q, a = transform(d.question, d.answer, personas[d.persona].style.openers, d.source + "|" + d.question, k)
             if (q, a) != (d.question, d.answer):
-                out.append(Draft(d.persona, "transformed", q, a, d.source, d.seed_group))
+                origin = "invented" if d.origin == "invented" else "quote_derived"
+                out.append(Draft(d.persona, "transformed", q, a, d.source, d.seed_group, origin=origin))
     return out
 
 
@@ -85,16 +88,17 @@ def _compose_multi_turn(
     target = round(fraction * len(singles))
     out: list[tuple[list[Draft], Draft, str]] = []
     used: set[tuple[int, ...]] = set()
-    # Natural: the next question in the same transcript conversation follows this answer directly.
+    # Natural: a persona's consecutive samples in one transcript conversation, in their real order
+    # (the pieces of a split turn, or the next answer the persona gave).
     extracted = sorted(
         (i for i, (d, _) in enumerate(singles) if d.kind == "extracted"),
-        key=lambda i: (singles[i][0].conversation or "", singles[i][0].a_turn),
+        key=lambda i: (singles[i][0].conversation or "", singles[i][0].persona, singles[i][0].order),
     )
     for a, b in zip(extracted, extracted[1:]):
         da, db = singles[a][0], singles[b][0]
         if len(out) >= target:
             break
-        if da.conversation == db.conversation and da.persona == db.persona and db.q_turn == da.a_turn + 1:
+        if da.conversation == db.conversation and da.persona == db.persona:
             if _words(da.question, da.answer, db.question, db.answer) <= budget_words:
                 out.append(([da], db, singles[b][1]))
                 used.add((a, b))
@@ -133,6 +137,7 @@ def _record(p: Persona, final: Draft, group: str, history: Sequence[Draft] = ())
             "kind": final.kind,
             "group": group,
             "source": final.source,
+            "origin": final.origin,
             "turns": len(history) + 1,
         },
     }
@@ -158,6 +163,7 @@ def build(cfg: Config, personas: dict[str, Persona], pairs: list[Pair]) -> Datas
     splits: dict[str, list[Record]] = {}
     counts: dict[str, dict[str, dict[str, int]]] = {}
     multi: dict[str, int] = {}
+    origins: dict[str, dict[str, int]] = {}
     for split in ("train", "eval"):
         singles = [(d, f"g{gi:04d}") for d, gi in zip(drafts, group_idx) if (gi in eval_groups) == (split == "eval")]
         records = [_record(personas[d.persona], d, grp) for d, grp in singles]
@@ -170,6 +176,7 @@ def build(cfg: Config, personas: dict[str, Persona], pairs: list[Pair]) -> Datas
         for r in records:
             table[r["meta"]["persona"]][r["meta"]["kind"]] += 1
         counts[split] = table
+        origins[split] = {o: sum(r["meta"]["origin"] == o for r in records) for o in ORIGINS}
 
     sizes: dict[int, int] = defaultdict(int)
     for gi in group_idx:
@@ -181,6 +188,10 @@ def build(cfg: Config, personas: dict[str, Persona], pairs: list[Pair]) -> Datas
         "counts": counts,
         "multi_turn": multi,
         "singles_by_kind": {k: sum(d.kind == k for d in drafts) for k in KINDS},
+        # Provenance of every record (train + eval): real quotes, quote-derived, invented.
+        "origin": origins,
+        "origin_share": _shares({o: sum(origins[s][o] for s in origins) for o in ORIGINS}),
+        "derived_questions": sum(d.derived_question for d in drafts),
         "groups": {
             "total": len(sizes),
             "eval": len(eval_groups),
@@ -193,6 +204,11 @@ def build(cfg: Config, personas: dict[str, Persona], pairs: list[Pair]) -> Datas
     return Dataset(splits["train"], splits["eval"], stats)
 
 
+def _shares(counts: dict[str, int]) -> dict[str, float]:
+    total = sum(counts.values())
+    return {k: round(v / total, 4) if total else 0.0 for k, v in counts.items()}
+
+
 def _table(stats: dict[str, Any], transcripts: list[TranscriptStats]) -> str:
     lines = [f"{'persona':<10}{'split':<7}" + "".join(f"{k:>14}" for k in KINDS) + f"{'multi-turn':>12}{'total':>8}"]
     for split in ("train", "eval"):
@@ -202,12 +218,25 @@ def _table(stats: dict[str, Any], transcripts: list[TranscriptStats]) -> str:
             f"{sum(r[k] for r in stats['counts'][split].values()):>14}" for k in KINDS
         ) + f"{stats['multi_turn'][split]:>12}{stats['records'][split]:>8}")
     lines.append("")
-    lines.append(f"{'transcript':<44}{'status':<9}{'pairs':>6}  unmapped / skipped speakers")
+    lines.append(f"{'transcript':<40}{'status':<9}{'persona turns: found':>21}{'used':>6}{'dropped':>8}"
+                 f"{'samples':>9}{'derived q':>10}{'split':>7}  unmapped / skipped speakers")
     for t in transcripts:
-        pairs = ", ".join(f"{k} {v}" for k, v in sorted(t.pairs.items())) or "0"
-        unm = sum(t.unmapped_speakers.values())
-        skp = sum(t.skipped_speakers.values())
-        lines.append(f"{t.file[:43]:<44}{t.status:<9}{sum(t.pairs.values()):>6}  {unm} / {skp}   ({pairs})")
+        found, used = sum(t.persona_turns.values()), sum(t.used_turns.values())
+        lines.append(f"{t.file[:39]:<40}{t.status:<9}{found:>21}{used:>6}{found - used:>8}{sum(t.samples.values()):>9}"
+                     f"{t.derived_questions:>10}{t.split_turns:>7}  "
+                     f"{sum(t.unmapped_speakers.values())} / {sum(t.skipped_speakers.values())}")
+        for who in sorted(t.persona_turns):
+            why = ", ".join(f"{n} {reason}" for reason, n in sorted(t.dropped.get(who, {}).items()))
+            lines.append(f"  {who:<47}{t.persona_turns[who]:>21}{t.used_turns.get(who, 0):>6}"
+                         f"{t.persona_turns[who] - t.used_turns.get(who, 0):>8}{t.samples.get(who, 0):>9}"
+                         + (f"   dropped: {why}" if why else ""))
+    lines.append("")
+    share = stats["origin_share"]
+    lines.append("origin of all records: " + ", ".join(f"{k} {share[k]:.1%}" for k in ORIGINS)
+                 + f"; questions derived by rule: {stats['derived_questions']}")
+    lines.append("persona facts: " + "; ".join(
+        f"{name} {f['sourced']} sourced / {f['invented']} invented" + (f" ({f['unchecked_refs']} refs unchecked: transcript absent)" if f["unchecked_refs"] else "")
+        for name, f in stats["facts"].items()))
     grp = stats["groups"]
     lines.append("")
     lines.append(f"near-duplicate groups: {grp['total']} ({grp['with_several_samples']} with several samples, "
@@ -219,6 +248,7 @@ def run(cfg: Config) -> int:
     start = time.perf_counter()
     personas = load_personas(cfg)
     pairs, tstats = ingest_all(cfg, personas)
+    facts = check_fact_sources(personas, pairs, tstats)
     dataset = build(cfg, personas, pairs)
     key = ensure_key(cfg)
 
@@ -229,6 +259,7 @@ def run(cfg: Config) -> int:
             log.warning("%s=%s is not where `make data` writes (%s); later stages will not read these files",
                         name, path, out_dir)
     stats = dict(dataset.stats)
+    stats["facts"] = facts
     stats["transcripts"] = [dataclasses.asdict(t) for t in tstats]
     stats["seconds"] = round(time.perf_counter() - start, 3)
     write_records(train_path, dataset.train, key)
