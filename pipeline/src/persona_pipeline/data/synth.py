@@ -85,6 +85,7 @@ class Draft:
     # or invented (a fact without a transcript source, deflections written for this project).
     origin: str = "invented"
     derived_question: bool = False  # extracted: the question was derived, not asked in the transcript
+    reviewed: str | None = None  # accept | edit once a person reviewed it (make review)
 
 
 ORIGINS = ("quote", "quote_derived", "invented")

@@ -26,6 +26,7 @@ from persona_pipeline.data.personas import Persona, load_personas
 from persona_pipeline.core.prompt_format import format_completion, format_prompt
 from persona_pipeline.core.records import Record, write_records
 from persona_pipeline.data.rephrase import transform
+from persona_pipeline.data.review import Decision, apply_decisions, load_decisions
 from persona_pipeline.data.synth import ORIGINS, Draft, contrastive, hypothetical
 from persona_pipeline.data.transcripts import Pair, TranscriptStats, check_fact_sources, ingest_all
 
@@ -138,19 +139,38 @@ def _record(p: Persona, final: Draft, group: str, history: Sequence[Draft] = ())
             "group": group,
             "source": final.source,
             "origin": final.origin,
+            "reviewed": final.reviewed,
             "turns": len(history) + 1,
         },
     }
 
 
-def build(cfg: Config, personas: dict[str, Persona], pairs: list[Pair]) -> Dataset:
-    """Everything except reading inputs and writing outputs (pure and deterministic)."""
+def make_drafts(
+    cfg: Config, personas: dict[str, Persona], pairs: list[Pair], decisions: dict[str, Decision] | None = None
+) -> tuple[list[Draft], dict[str, int]]:
+    """All single-turn drafts with the review decisions applied, and the review counts.
+
+    Decisions apply to the extracted / hypothetical / contrastive drafts first, so the
+    transformed variants are built from reviewed (edited, not rejected) answers, and then
+    to the transformed variants themselves.
+    """
     g = cfg.generate
+    decisions = decisions or {}
     extracted = _extracted(pairs, personas)
     hypo = [d for p in personas.values() for d in hypothetical(p, g.hypothetical_per_persona, g.seed)]
     contra = [d for p in personas.values() for d in contrastive(p, g.contrastive_per_persona, g.seed)]
-    trans = _transformed(extracted + hypo, personas, g.transformed_per_sample)
-    drafts = _dedupe_exact(extracted + hypo + trans + contra)
+    base, counts = apply_decisions(extracted + hypo + contra, decisions)
+    kept = [d for d in base if d.kind != "contrastive"]
+    trans, more = apply_decisions(_transformed(kept, personas, g.transformed_per_sample), decisions)
+    for k, v in more.items():
+        counts[k] += v
+    return _dedupe_exact(kept + trans + [d for d in base if d.kind == "contrastive"]), counts
+
+
+def build(cfg: Config, personas: dict[str, Persona], pairs: list[Pair], decisions: dict[str, Decision] | None = None) -> Dataset:
+    """Everything except reading inputs and writing outputs (pure and deterministic)."""
+    g = cfg.generate
+    drafts, review = make_drafts(cfg, personas, pairs, decisions)
 
     samples = [Sample(d.question, d.answer, d.seed_group) for d in drafts]
     group_idx = near_duplicate_groups(samples, g.near_duplicate_threshold)
@@ -192,6 +212,8 @@ def build(cfg: Config, personas: dict[str, Persona], pairs: list[Pair]) -> Datas
         "origin": origins,
         "origin_share": _shares({o: sum(origins[s][o] for s in origins) for o in ORIGINS}),
         "derived_questions": sum(d.derived_question for d in drafts),
+        # Human review (make review): decisions applied to this data; stale = text changed since review.
+        "review": review,
         "groups": {
             "total": len(sizes),
             "eval": len(eval_groups),
@@ -234,6 +256,9 @@ def _table(stats: dict[str, Any], transcripts: list[TranscriptStats]) -> str:
     share = stats["origin_share"]
     lines.append("origin of all records: " + ", ".join(f"{k} {share[k]:.1%}" for k in ORIGINS)
                  + f"; questions derived by rule: {stats['derived_questions']}")
+    rv = stats["review"]
+    lines.append(f"human review: {rv['accepted']} accepted, {rv['rejected']} rejected, {rv['edited']} edited, "
+                 f"{rv['stale']} stale, {rv['unreviewed']} generated samples not reviewed yet (make review)")
     lines.append("persona facts: " + "; ".join(
         f"{name} {f['sourced']} sourced / {f['invented']} invented" + (f" ({f['unchecked_refs']} refs unchecked: transcript absent)" if f["unchecked_refs"] else "")
         for name, f in stats["facts"].items()))
@@ -249,8 +274,8 @@ def run(cfg: Config) -> int:
     personas = load_personas(cfg)
     pairs, tstats = ingest_all(cfg, personas)
     facts = check_fact_sources(personas, pairs, tstats)
-    dataset = build(cfg, personas, pairs)
     key = ensure_key(cfg)
+    dataset = build(cfg, personas, pairs, load_decisions(cfg.resolve(cfg.generate.review_file), key))
 
     out_dir = cfg.resolve(cfg.generate.output_dir)
     train_path, eval_path = out_dir / "train.jsonl.enc", out_dir / "eval.jsonl.enc"
