@@ -73,8 +73,8 @@ def test_review_in_a_terminal_changes_the_next_make_data(tmp_path, data_key):
     before = _records(tmp_path, key)
     cfg = load_config(CONFIG, _args(tmp_path)[2:])
     personas = load_personas(cfg)
-    drafts, _ = make_drafts(cfg, personas, ingest_all(cfg, personas)[0])
-    accept, reject, edit = [d for d in drafts if needs_review(d)][:3]
+    sides, _ = make_drafts(cfg, personas, ingest_all(cfg, personas)[0])
+    accept, reject, edit = [d for side in sides for d in side if needs_review(d)][:3]
     for d in (accept, reject, edit):
         assert _has(before, d.question, d.answer)
 

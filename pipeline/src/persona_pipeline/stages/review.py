@@ -43,8 +43,8 @@ def run(cfg: Config) -> int:
     decisions = load_decisions(path, key)
     personas = load_personas(cfg)
     pairs, _ = ingest_all(cfg, personas)
-    drafts, _ = make_drafts(cfg, personas, pairs, decisions)
-    pending = [d for d in drafts if needs_review(d) and d.reviewed is None]
+    sides, _ = make_drafts(cfg, personas, pairs, decisions)
+    pending = [d for side in sides for d in side if needs_review(d) and d.reviewed is None]
     print(f"{len(pending)} generated sample(s) to review; decisions go to {path} (encrypted)")
     done = {"accept": 0, "reject": 0, "edit": 0, "skip": 0}
     for i, d in enumerate(pending, start=1):
