@@ -137,7 +137,8 @@ def test_unmapped_speaker_is_counted_in_the_data_report(tmp_path, data_key, caps
     args = _cfg_args(tmp_path, SHARED / "transcript_2020_dhaka_session.txt", smap)
     assert main(["data", *args, "generate.hypothetical_per_persona=6", "generate.contrastive_per_persona=3"]) == 0
     stats = json.loads((tmp_path / "out" / "stats.json").read_text())
-    assert stats["transcripts"][0]["unmapped_speakers"]["Male"] >= 2
+    # Counts only: the labels come from a private transcript (generate.stats_speaker_labels=true adds them).
+    assert stats["transcripts"][0]["unmapped_speakers"]["turns"] >= 2
     assert "unmapped / skipped" in capsys.readouterr().out
 
 

@@ -172,7 +172,8 @@ def build_model_card(
             f"tokens seen: {_num(summary.get('tokens_seen'))}, trainable parameters: {_num(summary.get('trainable_parameters'))}",
             f"- eval loss: {_num(summary.get('base_eval_loss'))} before training, {_num(summary.get('final_eval_loss'))} after",
             f"- data: {_num(samples.get('train'))} training and {_num(samples.get('eval'))} held-out samples "
-            "(question/answer pairs in each persona's voice, generated from the personas' public statements; "
+            "(question/answer pairs in each persona's voice, generated from persona descriptions and facts written "
+            "for this project and from the transcripts named in the training config; "
             "the data itself is private and not published)",
         ]
     else:
