@@ -91,6 +91,7 @@ def test_dry_run_stages_model_gguf_and_card_with_real_metrics(tmp_path, tiny_mod
     assert "| ROUGE-L | 0.123 | 0.432 |" in card and "| persona match | 0.333 | 0.917 |" in card
     assert "| Tilda | 4 |" in card
     assert "r=64, alpha=128" in card and "48 training and 12 held-out samples" in card
+    assert "facts written for this project" in card and "public statements" not in card
     assert "2.250 after" in card and "top-1 agreement 0.987" in card
     assert 'subfolder="tiny"' in card and "You are Tilda, " in card
     for p in staged.rglob("*"):  # no data text anywhere
