@@ -65,6 +65,17 @@ REDIRECT_LINES = [
 ]
 
 
+@dataclass(frozen=True)
+class Templates:
+    """The fixed answer lines of contrastive samples; train and eval draw from disjoint sets (data/split.py)."""
+
+    domain: tuple[str, ...] = tuple(DOMAIN_LINES)
+    expert: tuple[str, ...] = tuple(EXPERT_LINES)
+    redirect: tuple[str, ...] = tuple(REDIRECT_LINES)
+    # "No, I'm <name>, <system>." is the same words every time, so only one side may use it.
+    mistaken_identity: bool = True
+
+
 @dataclass
 class Draft:
     """A single-turn sample before grouping and splitting."""
@@ -117,7 +128,7 @@ def _cap(text: str) -> str:
     return text[:1].upper() + text[1:]
 
 
-def contrastive(p: Persona, n: int, seed: int) -> list[Draft]:
+def contrastive(p: Persona, n: int, seed: int, lines: Templates = Templates()) -> list[Draft]:
     """``n`` samples where ``p`` is asked about a domain it does not know and says so, in its own voice."""
     rng = random.Random(f"{seed}|contrastive|{p.name}")
     items: list[tuple[str, Domain, bool]] = []
@@ -125,7 +136,7 @@ def contrastive(p: Persona, n: int, seed: int) -> list[Draft]:
         for d in p.does_not_know:
             if k < len(CONTRASTIVE_FRAMES):
                 items.append((CONTRASTIVE_FRAMES[(k + len(items)) % len(CONTRASTIVE_FRAMES)].format(domain=d.domain), d, False))
-            if d.expert and k < len(MISTAKEN_FRAMES):
+            if d.expert and k < len(MISTAKEN_FRAMES) and lines.mistaken_identity:
                 items.append((MISTAKEN_FRAMES[k].format(expert=d.expert, domain=d.domain), d, True))
     # Interleave so the first n cover every domain and both question styles.
     plain = [it for it in items if not it[2]]
@@ -145,10 +156,10 @@ def contrastive(p: Persona, n: int, seed: int) -> list[Draft]:
             parts.append(f"No, I'm {p.name}, {p.system.rstrip('.')}.")
         else:
             parts.append(rng.choice(p.style.deflections))
-            parts.append(rng.choice(DOMAIN_LINES).format(domain=d.domain, Domain=_cap(d.domain)))
+            parts.append(rng.choice(lines.domain).format(domain=d.domain, Domain=_cap(d.domain)))
         if d.expert:
-            parts.append(rng.choice(EXPERT_LINES).format(expert=d.expert))
+            parts.append(rng.choice(lines.expert).format(expert=d.expert))
         fact = facts[i % len(facts)]
-        parts.append(rng.choice(REDIRECT_LINES).format(topic=fact.topic, fact=fact.text))
+        parts.append(rng.choice(lines.redirect).format(topic=fact.topic, fact=fact.text))
         drafts.append(Draft(p.name, "contrastive", question, " ".join(parts), p.source, f"c:{p.name}:{i}"))
     return drafts

@@ -1,11 +1,14 @@
 """`make data`: build the encrypted persona train/eval sets and a stats report.
 
-Steps: load personas -> ingest transcripts (*extracted*) -> *hypothetical* and
-*contrastive* samples from persona files -> *transformed* variants of extracted
-and hypothetical samples -> near-duplicate groups (transformed variants share
-their source's group) -> group-aware split, stratified by persona and kind ->
-multi-turn prompts composed inside each split (so they cannot leak) -> write
-``train.jsonl.enc``, ``eval.jsonl.enc`` and ``stats.json`` (counts only, no text).
+Steps: load personas -> ingest transcripts (*extracted*) -> split the sources
+(data/split.py: transcript turns by near-duplicate group; persona topics, facts,
+domains and style phrases into a train and an eval view) -> per side,
+*hypothetical* and *contrastive* samples from that side's views and *transformed*
+variants of its extracted and hypothetical samples -> groups linking
+near-duplicates and answers that share an 8-word run; a group reaching into
+train goes to train whole -> multi-turn prompts composed inside each split (so
+they cannot leak) -> write ``train.jsonl.enc``, ``eval.jsonl.enc`` and
+``stats.json`` (counts only, no text).
 """
 
 from __future__ import annotations
@@ -20,13 +23,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Sequence
 
 from persona_pipeline.data.dedup import Sample, near_duplicate_groups, split_groups
+from persona_pipeline.data.split import containment, eval_count, hold_out, settle, split_templates
 from persona_pipeline.core.fsutil import atomic_write_json
 from persona_pipeline.stages.keys import ensure_key
 from persona_pipeline.data.personas import Persona, load_personas
 from persona_pipeline.core.prompt_format import format_completion, format_prompt
 from persona_pipeline.core.records import Record, write_records
 from persona_pipeline.data.rephrase import transform
-from persona_pipeline.data.synth import Draft, contrastive, hypothetical
+from persona_pipeline.data.synth import Draft, Templates, contrastive, hypothetical
 from persona_pipeline.data.transcripts import Pair, TranscriptStats, ingest_all
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -138,20 +142,41 @@ def _record(p: Persona, final: Draft, group: str, history: Sequence[Draft] = ())
     }
 
 
+def _side_drafts(
+    cfg: Config, views: dict[str, Persona], extracted: list[Draft], lines: Templates, is_eval: bool
+) -> list[Draft]:
+    """One side's single-turn drafts, generated only from that side's persona views and lines."""
+    g = cfg.generate
+    n_hypo, n_contra = (eval_count(n, g.eval_fraction) for n in (g.hypothetical_per_persona, g.contrastive_per_persona))
+    if not is_eval:
+        n_hypo, n_contra = g.hypothetical_per_persona - n_hypo, g.contrastive_per_persona - n_contra
+    hypo = [d for p in views.values() for d in hypothetical(p, n_hypo, g.seed)]
+    contra = [d for p in views.values() for d in contrastive(p, n_contra, g.seed, lines)]
+    drafts = extracted + hypo + _transformed(extracted + hypo, views, g.transformed_per_sample) + contra
+    # Generated seed groups are numbered per persona and side; transcript ones name their turn.
+    return [dataclasses.replace(d, seed_group=f"eval|{d.seed_group}") for d in drafts] if is_eval else drafts
+
+
 def build(cfg: Config, personas: dict[str, Persona], pairs: list[Pair]) -> Dataset:
     """Everything except reading inputs and writing outputs (pure and deterministic)."""
     g = cfg.generate
+    views = {name: hold_out(p, g.eval_fraction, g.seed) for name, p in personas.items()}
+    lines = split_templates(g.eval_fraction, g.seed)
     extracted = _extracted(pairs, personas)
-    hypo = [d for p in personas.values() for d in hypothetical(p, g.hypothetical_per_persona, g.seed)]
-    contra = [d for p in personas.values() for d in contrastive(p, g.contrastive_per_persona, g.seed)]
-    trans = _transformed(extracted + hypo, personas, g.transformed_per_sample)
-    drafts = _dedupe_exact(extracted + hypo + trans + contra)
-
-    samples = [Sample(d.question, d.answer, d.seed_group) for d in drafts]
-    group_idx = near_duplicate_groups(samples, g.near_duplicate_threshold)
-    base_kind = {d.seed_group: d.kind for d in drafts if d.kind != "transformed"}
-    strata = [f"{d.persona}/{base_kind.get(d.seed_group, d.kind)}" for d in drafts]
-    eval_groups = split_groups(group_idx, strata, g.eval_fraction, g.seed)
+    # Transcript turns: whole near-duplicate groups to one side, about eval_fraction of each persona's.
+    ex_groups = near_duplicate_groups([Sample(d.question, d.answer, d.seed_group) for d in extracted], g.near_duplicate_threshold)
+    ex_eval = split_groups(ex_groups, [d.persona for d in extracted], g.eval_fraction, g.seed)
+    sides = [
+        _side_drafts(cfg, {n: v[side] for n, v in views.items()},
+                     [d for d, gi in zip(extracted, ex_groups) if (gi in ex_eval) == bool(side)], lines[side], bool(side))
+        for side in (0, 1)
+    ]
+    drafts = _dedupe_exact(sides[0] + sides[1])  # an exact duplicate keeps its train copy
+    eval_ids = {id(d) for d in sides[1]}
+    settled = settle([Sample(d.question, d.answer, d.seed_group) for d in drafts],
+                     [id(d) in eval_ids for d in drafts], g.near_duplicate_threshold)
+    group_idx = settled.groups
+    eval_groups = {gi for gi, e in zip(group_idx, settled.is_eval) if e}
 
     rng = random.Random(g.seed)
     budget = cfg.data.max_length // 2  # words; leaves room for the system line and subword splits
@@ -188,6 +213,14 @@ def build(cfg: Config, personas: dict[str, Persona], pairs: list[Pair]) -> Datas
             "with_several_samples": sum(v > 1 for v in sizes.values()),
         },
         "near_duplicate_threshold": g.near_duplicate_threshold,
+        "held_out": {
+            name: {"topics": len(v[1].topics), "of_topics": len(personas[name].topics),
+                   "domains": len(v[1].does_not_know), "of_domains": len(personas[name].does_not_know)}
+            for name, v in views.items()
+        },
+        "moved_to_train": settled.moved,
+        "eval_answers_sharing_8_word_run": sum(c.share > 0 for c in containment(
+            [r["completion"] for r in splits["train"]], [r["completion"] for r in splits["eval"]])),
         "eval_fraction_target": g.eval_fraction,
     }
     return Dataset(splits["train"], splits["eval"], stats)
