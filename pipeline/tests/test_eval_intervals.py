@@ -41,22 +41,22 @@ def test_paired_difference_of_noise_includes_zero():
         paired_difference(base, base[:-1])
 
 
-def _sample(kind: str, source: str | None, persona: str, rouge: float) -> dict:
+def _sample(kind: str, origin: str | None, persona: str, rouge: float) -> dict:
     scores = {"rouge1": rouge, "rouge2": rouge, "rougeL": rouge, "semantic_similarity": None, "persona_match": True,
               "persona_match_embed": None, "blend": False, "words": 5, "stop": "eos"}
-    return {"kind": kind, "source": source, "persona": persona, "answer": "five words in this answer", "scores": scores}
+    return {"kind": kind, "origin": origin, "persona": persona, "answer": "five words in this answer", "scores": scores}
 
 
 def test_slices_by_origin_kind_and_persona():
     samples = [
-        _sample("extracted", "festival_panel_2019.txt:12", "Tilda", 0.5),
-        _sample("transformed", "festival_panel_2019.txt:12", "Tilda", 0.4),
-        _sample("transformed", "persona:tilda.yaml", "Tilda", 0.3),
-        _sample("contrastive", "persona:anis.yaml", "Anis", 0.2),
-        _sample("hypothetical", None, "Anis", 0.1),  # a record without meta.source has no origin
+        _sample("extracted", "quote", "Tilda", 0.5),
+        _sample("transformed", "quote_derived", "Tilda", 0.4),  # a rephrased quote is not a real quote
+        _sample("transformed", "invented", "Tilda", 0.3),
+        _sample("contrastive", "invented", "Anis", 0.2),
+        _sample("hypothetical", None, "Anis", 0.1),  # a record without meta.origin is in no origin slice
     ]
-    assert [origin(s) for s in samples] == ["real", "real", "generated", "generated", None]
-    assert slices(samples, "per_origin") == {"generated": [2, 3], "real": [0, 1]}
+    assert [origin(s) for s in samples] == ["real", "generated", "generated", "generated", None]
+    assert slices(samples, "per_origin") == {"generated": [1, 2, 3], "real": [0]}
     assert slices(samples, "per_kind")["transformed"] == [1, 2]
     assert slices(samples, "per_persona") == {"Anis": [3, 4], "Tilda": [0, 1, 2]}
     assert values(samples, "rougeL").tolist() == [0.5, 0.4, 0.3, 0.2, 0.1]

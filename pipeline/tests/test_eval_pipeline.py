@@ -85,8 +85,8 @@ def evaluated(tmp_path_factory, tiny_model_dir):
         train = persona_records(60, 1)
         write_records(cfg.resolve(cfg.data.train), train, key)
         evals = persona_records(12, 2)
-        for i, r in enumerate(evals):  # half "real" (a transcript turn), half generated from a persona file
-            r["meta"]["source"] = f"talk.txt:{i}" if i % 2 else f"persona:{r['meta']['persona'].lower()}.yaml"
+        for i, r in enumerate(evals):  # half real transcript quotes, half generated
+            r["meta"]["origin"] = "quote" if i % 2 else ("invented", "quote_derived")[i % 4 // 2]
         write_records(cfg.resolve(cfg.data.eval), evals, key)
         run_dir = new_run_dir(cfg.runs_dir, "ft")
         finetune(tiny_model_dir, run_dir / "adapter", train)

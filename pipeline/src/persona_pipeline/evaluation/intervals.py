@@ -9,9 +9,9 @@ same prompts, so one resample of prompt indices is applied to both, which
 keeps the prompt-to-prompt variation out of the difference. Corpus BLEU is not
 a per-sample mean and gets no interval.
 
-Slices: ``origin`` (``real``: the reference is a transcript turn, verbatim or
-rephrased; ``generated``: built from a persona file), ``kind`` (``meta.kind``)
-and ``persona``.
+Slices: ``origin`` (``real``: the reference is a real transcript quote,
+``meta.origin`` = quote; ``generated``: rephrased quotes and answers built from
+persona files, quote_derived or invented), ``kind`` (``meta.kind``) and ``persona``.
 """
 
 from __future__ import annotations
@@ -40,11 +40,11 @@ PER_SAMPLE: dict[str, Callable[[dict], float | None]] = {
 
 
 def origin(sample: dict) -> str | None:
-    """``real`` when the reference comes from a transcript, ``generated`` from a persona file, else None."""
-    source = sample.get("source")
-    if not source:
+    """``real`` for verbatim transcript speech (``meta.origin`` quote), ``generated`` for the rest, else None."""
+    value = sample.get("origin")
+    if not value:
         return None
-    return "generated" if str(source).startswith("persona:") else "real"
+    return "real" if value == "quote" else "generated"
 
 
 SLICERS: dict[str, Callable[[dict], str | None]] = {

@@ -338,7 +338,7 @@ def evaluate(cfg: Config, run_dir: Path | None, *, out_dir: Path | None = None) 
             "index": i,
             "persona": persona_of(r),
             "kind": r.get("meta", {}).get("kind"),
-            "source": r.get("meta", {}).get("source"),
+            "origin": r.get("meta", {}).get("origin"),
             "line": r.get("meta", {}).get("line"),
             "prompt": r["prompt"],
             "reference": r["completion"].strip(),
