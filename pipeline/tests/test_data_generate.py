@@ -118,7 +118,7 @@ def test_stats_report_counts_without_private_text(generated):
     assert stats["records"]["train"] == len(train)
     assert sum(stats["counts"]["train"]["Tilda"].values()) == sum(r["meta"]["persona"] == "Tilda" for r in train)
     files = {t["file"]: t for t in stats["transcripts"]}
-    assert files["festival_panel_2019.txt"]["pairs"] == {"Tilda": 7, "Ahsan": 7}
+    assert files["festival_panel_2019.txt"]["samples"] == {"Tilda": 7, "Ahsan": 9}
     for r in train[:200]:  # no sample text in the stats
         assert r["completion"].strip()[:40] not in text
 

@@ -5,6 +5,10 @@ frames ("What does {topic} mean to you?"); the answer is one of the persona's
 openers, the fact (plus a companion fact on the same topic) and sometimes a
 closing phrase, all written in the persona's voice in its YAML file.
 
+A hypothetical answer is ``quote_derived`` when every fact in it has a transcript
+source (``facts[].source`` in the persona file), else ``invented``; contrastive
+answers are ``invented`` (the deflections are written for this project).
+
 Contrastive: questions about the domains in ``does_not_know`` (and, when the
 domain has an ``expert``, a few that mistake this persona for that one). The
 answer declines in the persona's own voice (``style.deflections``), names the
@@ -87,8 +91,20 @@ class Draft:
     source: str
     seed_group: str
     conversation: str | None = None  # extracted: transcript conversation, for natural multi-turn chains
-    q_turn: int = -1
-    a_turn: int = -1
+    order: int = -1  # extracted: position in the conversation (real order)
+    # Provenance (ORIGINS): a real quote, derived from quotes (a sourced fact, a transformed quote),
+    # or invented (a fact without a transcript source, deflections written for this project).
+    origin: str = "invented"
+    derived_question: bool = False  # extracted: the question was derived, not asked in the transcript
+    reviewed: str | None = None  # accept | edit once a person reviewed it (make review)
+
+
+ORIGINS = ("quote", "quote_derived", "invented")
+
+
+def facts_origin(facts: Sequence[Fact]) -> str:
+    """``quote_derived`` when every fact in an answer has a transcript source, else ``invented``."""
+    return "quote_derived" if all(f.source for f in facts) else "invented"
 
 
 def _answer(p: Persona, rng: random.Random, facts: Sequence[Fact], closing: bool) -> str:
@@ -119,7 +135,8 @@ def hypothetical(p: Persona, n: int, seed: int) -> list[Draft]:
     rng.shuffle(frame_items)  # when n is small, spread the frame questions over topics and frames
     items = (fact_items + frame_items)[:n]
     return [
-        Draft(p.name, "hypothetical", q, _answer(p, rng, facts, closing=rng.random() < 0.5), p.source, f"h:{p.name}:{i}")
+        Draft(p.name, "hypothetical", q, _answer(p, rng, facts, closing=rng.random() < 0.5), p.source, f"h:{p.name}:{i}",
+              origin=facts_origin(facts))
         for i, (q, facts) in enumerate(items)
     ]
 
