@@ -249,13 +249,14 @@ def test_leaderboard_lists_evaluated_runs_beside_the_seed(evaluated, data_key, c
     out = capsys.readouterr().out
     table = {line.split(" | ")[0].lstrip("| "): line for line in out.splitlines() if line.startswith("| ")}
     tuned, base = _metrics(run_dir / "eval"), _metrics(run_dir / "eval_baseline")
-    for label, m in (("ft", tuned), ("ft (baseline)", base)):
+    name = run_dir.name
+    for label, m in ((name, tuned), (f"{name} (baseline)", base)):
         row = table[label]
         for key in ("rouge1", "rouge2", "rougeL", "bleu"):
             assert f" {fmt(m['overall'][key])} " in row, (label, key)
         assert m["eval_set"]["sha256"][:8] in row and f"{m['train_set']['n_records']} train / 12 eval" in row
     # The fine-tuned run scores higher on ROUGE-L (see above), so it is listed first.
-    assert list(table).index("ft") < list(table).index("ft (baseline)")
+    assert list(table).index(name) < list(table).index(f"{name} (baseline)")
     assert "0.45-0.50" in table["seed target"] and "0.18-0.22" in table["seed target"]
     assert "| 0.345 | 0.149 |" in table["seed result"] and "0.135" in table["seed result"]
     cfg = load_config(CONFIGS / "eval_tiny.yaml", overrides)
