@@ -86,9 +86,8 @@ def select_samples(records: list[dict], personas: list[str], max_samples: int | 
             by[persona_of(r)].append(i)
     missing = [n for n, idx in by.items() if not idx]
     if missing:
-        found = sorted({str(persona_of(r)) for r in records})
         raise DataError(
-            f"{source}: no eval samples for persona(s) {', '.join(missing)} named in eval.personas (the file has: {', '.join(found)})",
+            f"{source}: no eval samples for persona(s) {', '.join(missing)} named in eval.personas",
             hint="regenerate the data with `make data`, or set eval.personas to the personas the eval set covers",
         )
     chosen = sorted(i for idx in by.values() for i in idx)
@@ -317,10 +316,19 @@ def evaluate(cfg: Config, run_dir: Path | None, *, out_dir: Path | None = None) 
     from persona_pipeline.data.personas import load_personas
 
     personas = load_personas(cfg)
+    persona_dir = cfg.resolve(cfg.generate.personas_dir)
     unknown = [n for n in cfg.eval.personas if n not in personas]
     if unknown:
-        raise DataError(f"eval.personas names {', '.join(unknown)}, which has no file in {cfg.resolve(cfg.generate.personas_dir)}",
+        raise DataError(f"eval.personas names {', '.join(unknown)}, which has no file in {persona_dir}",
                         hint="fix eval.personas or add the persona file")
+    # Line numbers only: a name that no persona file defines is record content, not configuration.
+    strays = [str(r["meta"].get("line")) for r in records if persona_of(r) not in personas]
+    if strays:
+        raise DataError(
+            f"{eval_path}: {len(strays)} record(s) name a persona that has no file in {persona_dir} "
+            f"(lines {', '.join(strays[:10])}{', ...' if len(strays) > 10 else ''})",
+            hint=f"known personas: {', '.join(sorted(personas))}; add the persona file or regenerate the data with `make data`",
+        )
     embedder, emb_status = load_embedder(cfg, str(device()))
     if not emb_status.available:
         print(f"notice: {emb_status.notice}")
