@@ -252,8 +252,11 @@ def test_leaderboard_lists_evaluated_runs_beside_the_seed(evaluated, data_key, c
     name = run_dir.name
     for label, m in ((name, tuned), (f"{name} (baseline)", base)):
         row = table[label]
-        for key in ("rouge1", "rouge2", "rougeL", "bleu"):
-            assert f" {fmt(m['overall'][key])} " in row, (label, key)
+        for key in ("rouge1", "rouge2", "rougeL", "persona_match"):
+            pct = key == "persona_match"
+            low, high = m["overall"]["ci"][key]
+            assert f" {fmt(m['overall'][key], pct)} [{fmt(low, pct)}, {fmt(high, pct)}] " in row, (label, key)
+        assert f" {fmt(m['overall']['bleu'])} " in row  # corpus BLEU: no interval
         assert m["eval_set"]["sha256"][:8] in row and f"{m['train_set']['n_records']} train / 12 eval" in row
     # The fine-tuned run scores higher on ROUGE-L (see above), so it is listed first.
     assert list(table).index(name) < list(table).index(f"{name} (baseline)")

@@ -3,7 +3,9 @@
 Reads ``runs/*/eval/metrics.json`` (fine-tuned), ``runs/*/eval_baseline/metrics.json``
 and ``baselines/*/metrics.json`` (un-tuned) under ``paths.outputs``; nothing is
 recomputed. Rows are sorted by ROUGE-L. The eval set column (its sha256 prefix)
-says which rows are comparable: scores on different eval sets are not.
+says which rows are comparable: scores on different eval sets are not. A
+metric with a bootstrap 95 % interval in the metrics file (``overall.ci``, see
+:mod:`persona_pipeline.evaluation.intervals`) is shown as ``value [low, high]``.
 Writes ``outputs/leaderboard.md`` and prints it.
 """
 
@@ -29,6 +31,13 @@ SEED_ROWS = (
     ("seed target", "", {"rouge1": "0.45-0.50", "rouge2": "0.20-0.25", "bleu": "0.18-0.22"}),
     ("seed result", "Llama 3.1 8B Instruct", {"rouge1": "0.345", "rouge2": "0.149", "bleu": "0.135"}),
 )
+
+
+def _cell(overall: dict[str, Any], key: str, pct: bool) -> str:
+    """The value, with its 95 % interval when the eval recorded one (corpus BLEU has none)."""
+    ci = (overall.get("ci") or {}).get(key)
+    value = fmt(overall.get(key), pct)
+    return f"{value} [{fmt(ci[0], pct)}, {fmt(ci[1], pct)}]" if ci else value
 
 
 def _model_name(model: dict[str, Any]) -> str:
@@ -64,7 +73,7 @@ def rows(outputs: Path) -> list[list[str]]:
         data = f"{m.get('train_set', {}).get('n_records', '?')} train / {m['eval_set']['n_evaluated']} eval"
         score = o.get("rougeL") if isinstance(o.get("rougeL"), float) else -1.0
         table.append((score, [label, str(m.get("config", "?")), _model_name(m.get("model", {})), data,
-                              m["eval_set"]["sha256"][:8], *(fmt(o.get(k), pct) for k, _, pct in METRICS)]))
+                              m["eval_set"]["sha256"][:8], *(_cell(o, k, pct) for k, _, pct in METRICS)]))
     return [r for _, r in sorted(table, key=lambda t: -t[0])]
 
 
@@ -75,7 +84,7 @@ def render(outputs: Path) -> str:
         "# Leaderboard",
         "",
         f"Every evaluated run under `{outputs}`, best ROUGE-L first; compare rows with the same eval set only. "
-        "BLEU is corpus BLEU on a 0-1 scale, as the seed reports it.",
+        "BLEU is corpus BLEU on a 0-1 scale, as the seed reports it; [low, high] is a bootstrap 95 % interval.",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "---|" * 5 + "---:|" * len(METRICS),
