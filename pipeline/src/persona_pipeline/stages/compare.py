@@ -133,9 +133,14 @@ def _ci(v: float, ci: list[float], signed: bool = False) -> str:
     return f"{f.format(v)} [{f.format(ci[0])}, {f.format(ci[1])}]"
 
 
+def change_text(e: dict[str, Any]) -> str:
+    """``change [CI] mark`` of a :func:`_paired_metrics` entry (also used by the model card)."""
+    return f"{_ci(e['change'], e['change_ci'], True)} {MARKS[e['verdict']]}".rstrip()
+
+
 def _cell(e: dict[str, Any]) -> str:
     """``base → tuned, change [CI] mark`` for the slice table and the log."""
-    return f"{e['baseline']:.3f} → {e['fine_tuned']:.3f}, {_ci(e['change'], e['change_ci'], True)} {MARKS[e['verdict']]}".rstrip()
+    return f"{e['baseline']:.3f} → {e['fine_tuned']:.3f}, {change_text(e)}"
 
 
 def render_table(base: dict, tuned: dict, paired: dict[str, Any]) -> str:
@@ -151,6 +156,8 @@ def render_table(base: dict, tuned: dict, paired: dict[str, Any]) -> str:
         f"- fine-tuned: `{tuned['model'].get('adapter') or tuned['model']['model']}` ({tuned['created']})",
         f"- [low, high]: 95 % percentile bootstrap over the prompts ({N_BOOT} resamples); a change's interval is a paired "
         "bootstrap. ✓ better / ✗ worse only when the change's interval excludes 0; ≈ no clear change.",
+        f"- persona match reads against the persona classifier's accuracy on the references: "
+        f"{fmt(tuned['fidelity']['tfidf']['accuracy'], True)} (its ceiling)",
         "",
         "| metric | baseline | fine-tuned | change | |",
         "|---|---:|---:|---:|---|",
