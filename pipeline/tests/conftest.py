@@ -117,7 +117,7 @@ def persona_records(n: int, seed: int) -> list[dict]:
 @pytest.fixture
 def write_dataset(data_key):
     """write_dataset(cfg, n_train=48, n_eval=12) writes encrypted train/eval sets where cfg points."""
-    from persona_pipeline.stages.keys import data_key
+    from persona_pipeline.core.crypto import data_key
 
     def _write(cfg, n_train: int = 48, n_eval: int = 12):
         key = data_key(cfg)

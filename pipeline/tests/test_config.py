@@ -8,10 +8,9 @@ import time
 
 import pytest
 
+from conftest import CONFIGS, PIPELINE
 from persona_pipeline.core.config import dump_config, load_config
 from persona_pipeline.core.errors import ConfigError
-
-from conftest import CONFIGS, PIPELINE
 
 SHIPPED = sorted(p for p in CONFIGS.glob("*.yaml") if p.name != "base.yaml")
 

@@ -10,11 +10,10 @@ import json
 
 import pytest
 
+from conftest import CONFIGS, TINY_TEST_MODEL
 from persona_pipeline.cli import main
 from persona_pipeline.core.crypto import decode_key
 from persona_pipeline.core.records import read_records
-
-from conftest import CONFIGS, TINY_TEST_MODEL
 
 
 @pytest.mark.slow

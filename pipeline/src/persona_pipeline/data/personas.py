@@ -9,20 +9,20 @@ Adding a persona is adding a file; see ``data/personas/tilda.yaml`` for the form
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 
-from persona_pipeline.core.config import _suggest
-from persona_pipeline.core.errors import DataError
+from persona_pipeline.core.config import Config, _suggest
+from persona_pipeline.core.errors import DataError, PipelineError
+from persona_pipeline.core.prompt_format import GENERIC_SYSTEM
 
-if TYPE_CHECKING:  # pragma: no cover
-    from persona_pipeline.core.config import Config
+log = logging.getLogger(__name__)
 
-CORPUS_DIR = "data/corpus"
 
 
 @dataclass(frozen=True)
@@ -230,31 +230,16 @@ def load_personas(cfg: Config) -> dict[str, Persona]:
     return personas
 
 
-def persona_text(p: Persona) -> list[str]:
-    """Every string the persona file holds (for tokenizer training and warm-up)."""
-    out = [f"You are {p.name}, {p.system}", *p.topics, p.style.notes]
-    out += list(p.style.openers) + list(p.style.closings) + list(p.style.deflections)
-    for f in p.facts:
-        out.append(f.text)
-        out.extend(f.ask)
-    out += [d.domain for d in p.does_not_know]
-    return out
+def persona_systems(cfg: Config) -> dict[str, str]:
+    """{persona name: description used in 'You are <name>, <description>'} in ``eval.personas`` order.
 
-
-def project_text(cfg: Config) -> list[str]:
-    """All text the project wrote itself: persona files, our own transcripts' speech, data/corpus/*.txt.
-
-    Transcripts outside the pipeline folder (the shared real transcripts) are
-    excluded: they are not ours to train a tokenizer or warm-up on.
+    Without readable persona files every name gets :data:`~persona_pipeline.core.prompt_format.GENERIC_SYSTEM`
+    (exports and built-in check prompts must not need the private data).
     """
-    from persona_pipeline.data.transcripts import own_transcript_text
-
-    texts: list[str] = []
-    for p in load_personas(cfg).values():
-        texts.extend(persona_text(p))
-    texts.extend(own_transcript_text(cfg))
-    corpus = cfg.resolve(CORPUS_DIR)
-    for path in sorted(corpus.glob("*.txt")) if corpus.is_dir() else []:
-        paragraphs = re.split(r"\n\s*\n", path.read_text(encoding="utf-8"))
-        texts.extend(" ".join(par.split()) for par in paragraphs if par.strip())
-    return texts
+    try:
+        loaded = {name: p.system for name, p in load_personas(cfg).items()}
+    except PipelineError as exc:
+        log.info("persona files unavailable (%s); using a generic system line", str(exc).splitlines()[0])
+        loaded = {}
+    names = list(cfg.eval.personas) or list(loaded) or ["Assistant"]
+    return {name: loaded.get(name, GENERIC_SYSTEM) for name in names}

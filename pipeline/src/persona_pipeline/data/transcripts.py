@@ -29,15 +29,10 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from persona_pipeline.core.config import _suggest
+from persona_pipeline.core.config import Config, _suggest
 from persona_pipeline.core.errors import DataError
-from persona_pipeline.data.personas import read_yaml_file
-
-if TYPE_CHECKING:  # pragma: no cover
-    from persona_pipeline.core.config import Config
-    from persona_pipeline.data.personas import Persona
+from persona_pipeline.data.personas import Persona, read_yaml_file
 
 log = logging.getLogger(__name__)
 
@@ -459,30 +454,3 @@ def ingest_all(cfg: Config, personas: dict[str, Persona]) -> tuple[list[Pair], l
         pairs.extend(got)
         all_stats.append(stats)
     return pairs, all_stats
-
-
-OWN_TRANSCRIPTS_DIR = "data/transcripts"
-
-
-def own_transcript_text(cfg: Config) -> list[str]:
-    """Speech from our own transcripts: configured ones inside the pipeline folder (not the shared
-    real ones), plus ``data/transcripts/*.txt`` that have a map in ``data/transcripts/maps/<name>.yaml``."""
-    from persona_pipeline.data.personas import load_personas
-
-    root = cfg.root.resolve()
-    sources: dict[Path, Path] = {}
-    for src in cfg.generate.transcripts:
-        path = cfg.resolve(src.path).resolve()
-        if path.is_file() and root in path.parents:
-            sources[path] = cfg.resolve(src.speaker_map)
-    folder = cfg.resolve(OWN_TRANSCRIPTS_DIR)
-    for path in sorted(folder.glob("*.txt")) if folder.is_dir() else []:
-        smap = folder / "maps" / f"{path.stem}.yaml"
-        if smap.is_file():
-            sources.setdefault(path.resolve(), smap)
-    personas = load_personas(cfg) if sources else {}
-    texts: list[str] = []
-    for path, smap_path in sources.items():
-        turns, _ = parse_transcript(path, load_speaker_map(smap_path, personas))
-        texts.extend(t.text for t in turns)
-    return texts

@@ -18,9 +18,13 @@ import importlib.util
 import logging
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+
+import numpy as np
+import torch
+from transformers import AutoModel, AutoTokenizer
 
 from persona_pipeline.core.config import Config
 from persona_pipeline.core.errors import PipelineError
@@ -52,19 +56,14 @@ class SentenceEmbedder:
     """all-MiniLM-L6-v2 from a local folder: mean pooling over tokens, L2-normalised vectors."""
 
     def __init__(self, folder: Path, device: str = "cpu"):
-        from transformers import AutoModel, AutoTokenizer
-
         self.folder = Path(folder)
         self.tokenizer = AutoTokenizer.from_pretrained(self.folder)
         self.model = AutoModel.from_pretrained(self.folder).eval().to(device)
         self.device = device
-        self._cache: dict[str, "object"] = {}
+        self._cache: dict[str, object] = {}
 
     def encode(self, texts: Sequence[str], batch_size: int = 32):
         """Unit-length float32 embeddings, shape (len(texts), 384). Repeated texts are encoded once."""
-        import numpy as np
-        import torch
-
         todo = sorted({t for t in texts if t not in self._cache}, key=len)  # similar lengths pad little
         for start in range(0, len(todo), batch_size):
             chunk = todo[start : start + batch_size]

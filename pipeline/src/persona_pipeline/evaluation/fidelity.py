@@ -28,8 +28,8 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -61,7 +61,7 @@ def _char_ngrams(text: str) -> Counter:
 class TfidfChars:
     """Tf-idf over character n-grams with a vocabulary from the fitting texts (unseen n-grams are ignored)."""
 
-    def fit(self, texts: Sequence[str]) -> "TfidfChars":
+    def fit(self, texts: Sequence[str]) -> TfidfChars:
         counts = [_char_ngrams(t) for t in texts]
         df: Counter = Counter()
         for c in counts:
@@ -204,7 +204,7 @@ class BlendDetector:
             )
 
     @classmethod
-    def from_personas(cls, personas: Mapping) -> "BlendDetector":
+    def from_personas(cls, personas: Mapping) -> BlendDetector:
         """From :func:`persona_pipeline.data.personas.load_personas` output (``identity``, ``domain_keywords``)."""
         return cls({n: p.identity for n, p in personas.items()}, {n: p.domain_keywords for n, p in personas.items()})
 

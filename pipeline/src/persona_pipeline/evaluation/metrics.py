@@ -8,14 +8,15 @@ pipeline's report (ROUGE-1 0.345, ROUGE-2 0.149, BLEU 0.135).
 from __future__ import annotations
 
 import statistics
-from typing import Sequence
+from collections.abc import Sequence
+
+import sacrebleu
+from rouge_score import rouge_scorer
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
 
 
 def _scorer():
-    from rouge_score import rouge_scorer
-
     return rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=True)
 
 
@@ -31,8 +32,6 @@ def rouge_per_sample(predictions: Sequence[str], references: Sequence[str]) -> l
 
 def corpus_bleu(predictions: Sequence[str], references: Sequence[str]) -> float:
     """Corpus BLEU (sacrebleu defaults: 13a tokenization, exp smoothing), 0-1."""
-    import sacrebleu
-
     if not predictions:
         return 0.0
     return sacrebleu.corpus_bleu(list(predictions), [list(references)]).score / 100.0
@@ -40,8 +39,6 @@ def corpus_bleu(predictions: Sequence[str], references: Sequence[str]) -> float:
 
 def sentence_bleu(prediction: str, reference: str) -> float:
     """Smoothed sentence BLEU, 0-1 (per-sample score for predictions.jsonl; the corpus figure is the metric)."""
-    import sacrebleu
-
     return sacrebleu.sentence_bleu(prediction, [reference]).score / 100.0
 
 

@@ -20,8 +20,12 @@ import shutil
 import struct
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+
+import gguf
+import numpy as np
 
 from persona_pipeline.core.errors import PipelineError
 
@@ -93,8 +97,6 @@ def ensure_quantizer(auto_install: bool) -> str | None:
 
 def quantize(src: Path, dst: Path, quant: str, *, threads: int | None = None) -> str:
     """Quantize GGUF ``src`` to ``dst`` (written under a temporary name). Returns the tool used."""
-    import gguf
-
     tool = find_quantizer()
     if tool is None:
         raise PipelineError(f"QUANT={quant} needs llama.cpp's quantizer, which is not available", hint=kquant_hint())
@@ -102,6 +104,7 @@ def quantize(src: Path, dst: Path, quant: str, *, threads: int | None = None) ->
     tmp = dst.with_name(f".{dst.name}.tmp")
     try:
         if tool == "llama_cpp":
+            # The one lazy import: llama-cpp-python is an optional extra (`make kquants`, a compile).
             import llama_cpp
 
             params = llama_cpp.llama_model_quantize_default_params()
@@ -180,7 +183,7 @@ _LEVELS = {2: "info", 3: "warn", 4: "error"}
 class _Api:
     """ctypes signatures of the llama.cpp C functions we call, bound once per process."""
 
-    _instance: "_Api | None" = None
+    _instance: _Api | None = None
 
     def __init__(self, path: Path):
         c = ctypes
@@ -228,7 +231,7 @@ class _Api:
         self.backend_init()
 
     @classmethod
-    def get(cls, path: Path) -> "_Api":
+    def get(cls, path: Path) -> _Api:
         if cls._instance is None:
             cls._instance = cls(path)
         return cls._instance
@@ -312,8 +315,6 @@ class LlamaCppModel:
 
     def _decode(self, tokens: list[int], start: int, all_positions: bool):
         """Decode ``tokens`` at positions ``start``...; logits of every position or only the last."""
-        import numpy as np
-
         if start + len(tokens) > self.n_ctx:
             raise PipelineError(f"sequence of {start + len(tokens)} tokens exceeds the llama.cpp context ({self.n_ctx})")
         batch = self.api.batch_init(len(tokens), 0, 1)
@@ -363,7 +364,7 @@ class LlamaCppModel:
             self.api.model_free(self.model)
             self.model = None
 
-    def __enter__(self) -> "LlamaCppModel":
+    def __enter__(self) -> LlamaCppModel:
         return self
 
     def __exit__(self, *exc: Any) -> None:

@@ -1,9 +1,10 @@
 """The Hugging Face model card (README.md) for a published run: built only from figures, never from data text.
 
-It reads what the run folder already holds, defensively (a missing file reads
-"not evaluated yet", never an error): the resolved ``config.yaml`` (LoRA
-settings), ``train_summary.json``, ``eval/metrics.json`` and the baseline
-eval, the GGUF files and their ``check-<QUANT>.json``.
+It reads what the run folder holds (:class:`~persona_pipeline.core.runs.RunDir`):
+the resolved ``config.yaml`` (LoRA settings) and ``train_summary.json``, which
+every trained run has (missing or unreadable is an error), the eval and the
+baseline eval ("not evaluated yet" only when that eval folder does not exist),
+the GGUF files and their ``check-<QUANT>.json`` ("not checked" when absent).
 """
 
 from __future__ import annotations
@@ -16,27 +17,27 @@ from typing import Any
 import yaml
 
 from persona_pipeline.core.config import Config
+from persona_pipeline.core.errors import PipelineError
+from persona_pipeline.core.prompt_format import STOP, escape_newlines, format_prompt
+from persona_pipeline.core.runs import RunDir, baseline_eval_dir, read_json
+from persona_pipeline.data.personas import persona_systems
+from persona_pipeline.evaluation.report import METRIC_ROWS
+from persona_pipeline.evaluation.results import read_metrics
 
 NOT_YET = "not evaluated yet"
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
+def _run_config(run: RunDir) -> dict[str, Any]:
+    """The config the run was trained with (its config.yaml, written by `make train`)."""
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-        return data if isinstance(data, dict) else None
-    except (OSError, ValueError):
-        return None
-
-
-def _run_config(cfg: Config, run_dir: Path) -> dict[str, Any]:
-    """The config the run was trained with (its config.yaml), else the current one."""
-    try:
-        data = yaml.safe_load((Path(run_dir) / "config.yaml").read_text(encoding="utf-8"))
-        if isinstance(data, dict):
-            return data
-    except (OSError, yaml.YAMLError):
-        pass
-    return cfg.to_dict()
+        data = yaml.safe_load(run.config.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PipelineError(f"{run.config} not found", hint="it is written by `make train`; is this a run folder?") from None
+    except yaml.YAMLError as exc:
+        raise PipelineError(f"{run.config}: invalid YAML ({exc})", hint="restore the run's config.yaml") from None
+    if not isinstance(data, dict):
+        raise PipelineError(f"{run.config}: expected a mapping", hint="restore the run's config.yaml")
+    return data
 
 
 def license_id(note: str) -> str:
@@ -61,14 +62,12 @@ def _num(v: Any) -> str:
     return str(v)
 
 
-def metrics_section(cfg: Config, run_dir: Path) -> list[str]:
+def metrics_section(cfg: Config, run: RunDir) -> list[str]:
     """Overall and per-persona metrics of the run's eval and of the baseline (un-tuned base model)."""
-    from persona_pipeline.stages.compare import METRIC_ROWS, baseline_dir
-
-    tuned = _read_json(Path(run_dir) / "eval" / "metrics.json")
-    base = _read_json(baseline_dir(cfg, Path(run_dir)) / "metrics.json")
+    tuned = read_metrics(run.eval)
+    base = read_metrics(baseline_eval_dir(cfg.outputs_dir, cfg.name, run))
     lines = ["## Evaluation", ""]
-    if not tuned or not isinstance(tuned.get("overall"), dict):
+    if tuned is None:
         return lines + [f"The fine-tuned model is {NOT_YET} (`make eval`).", ""]
     t_over, b_over = tuned["overall"], (base or {}).get("overall") or {}
     n = (tuned.get("eval_set") or {}).get("n_evaluated", t_over.get("n"))
@@ -100,13 +99,14 @@ def _bash_quote(text: str) -> str:
     return "$'" + text.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n") + "'"
 
 
-def _gguf_section(run_dir: Path, repo_id: str, subfolder: str, gguf_files: list[Path], example: str) -> list[str]:
+def _gguf_section(run: RunDir, repo_id: str, subfolder: str, gguf_files: list[Path], example: str) -> list[str]:
     if not gguf_files:
         return []
     lines = ["## GGUF (llama.cpp, Ollama)", "", "| file | size | check against transformers |", "|---|---:|---|"]
     for f in gguf_files:
         quant = f.stem.rsplit("-", 1)[-1]
-        chk = _read_json(Path(run_dir) / "gguf" / f"check-{quant}.json")
+        check = run.gguf_check(quant)
+        chk = read_json(check, written_by="make gguf-check") if check.is_file() else None
         if not chk:
             verdict = "not checked"
         elif chk.get("mode") == "llama.cpp":
@@ -132,19 +132,15 @@ def _gguf_section(run_dir: Path, repo_id: str, subfolder: str, gguf_files: list[
 
 
 def build_model_card(
-    cfg: Config, run_dir: Path, *, repo_id: str, subfolder: str, artifact: str, gguf_files: list[Path]
+    cfg: Config, run_dir: RunDir, *, repo_id: str, subfolder: str, artifact: str, gguf_files: list[Path]
 ) -> str:
-    from persona_pipeline.stages.ollama_create import persona_systems
-    from persona_pipeline.core.prompt_format import format_prompt
-
-    run_dir = Path(run_dir)
-    rc = _run_config(cfg, run_dir)
+    rc = _run_config(run_dir)
     model = rc.get("model") or {}
     base_name = str(model.get("name_or_path") or cfg.model.name_or_path)
     note = str(model.get("license_note") or cfg.model.license_note or "see the base model's license")
     lora = rc.get("lora") or {}
     quant = rc.get("quantization") or {}
-    summary = _read_json(run_dir / "train_summary.json") or {}
+    summary = read_json(run_dir.train_summary, written_by="make train")
     personas = persona_systems(cfg)
     first, system = next(iter(personas.items()))
     example = format_prompt(first, system, "What should school be for?")
@@ -165,18 +161,15 @@ def build_model_card(
              f"- LoRA: r={lora.get('r')}, alpha={lora.get('lora_alpha')}, dropout={lora.get('lora_dropout')}, "
              f"target modules {', '.join(lora.get('target_modules') or [])}",
              f"- QLoRA (4-bit NF4): {'yes' if quant.get('load_in_4bit') else 'no'}"]
-    if summary:
-        samples = summary.get("samples") or {}
-        lines += [
-            f"- epochs: {_num(summary.get('epochs'))}, steps: {_num(summary.get('global_step'))}, "
-            f"tokens seen: {_num(summary.get('tokens_seen'))}, trainable parameters: {_num(summary.get('trainable_parameters'))}",
-            f"- eval loss: {_num(summary.get('base_eval_loss'))} before training, {_num(summary.get('final_eval_loss'))} after",
-            f"- data: {_num(samples.get('train'))} training and {_num(samples.get('eval'))} held-out samples "
-            "(question/answer pairs in each persona's voice, generated from the personas' public statements; "
-            "the data itself is private and not published)",
-        ]
-    else:
-        lines.append("- training summary: not available")
+    samples = summary.get("samples") or {}
+    lines += [
+        f"- epochs: {_num(summary.get('epochs'))}, steps: {_num(summary.get('global_step'))}, "
+        f"tokens seen: {_num(summary.get('tokens_seen'))}, trainable parameters: {_num(summary.get('trainable_parameters'))}",
+        f"- eval loss: {_num(summary.get('base_eval_loss'))} before training, {_num(summary.get('final_eval_loss'))} after",
+        f"- data: {_num(samples.get('train'))} training and {_num(samples.get('eval'))} held-out samples "
+        "(question/answer pairs in each persona's voice, generated from the personas' public statements; "
+        "the data itself is private and not published)",
+    ]
     lines += [""] + metrics_section(cfg, run_dir)
     load = (f'from transformers import AutoModelForCausalLM, AutoTokenizer\n\n'
             f'model = AutoModelForCausalLM.from_pretrained("{repo_id}", subfolder="{subfolder}")\n'
@@ -188,12 +181,12 @@ def build_model_card(
                 f'tok = AutoTokenizer.from_pretrained("{repo_id}", subfolder="{subfolder}")')
     lines += [
         "## Usage", "",
-        "The prompt names the persona in a system line and ends with the persona's name; stop at the next `\\n\\nHuman:`.",
+        f"The prompt names the persona in a system line and ends with the persona's name; stop at the next `{escape_newlines(STOP)}`.",
         "", "```python", load,
         f"prompt = {example!r}",
         'ids = tok(prompt, return_tensors="pt")',
         "out = model.generate(**ids, max_new_tokens=128, do_sample=True, temperature=0.7, top_p=0.9,",
-        '                     stop_strings=["\\n\\nHuman:"], tokenizer=tok)',
+        f"                     stop_strings=[{json.dumps(STOP)}], tokenizer=tok)",
         'print(tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True))',
         "```", "",
     ]

@@ -14,11 +14,17 @@ import logging
 import statistics
 import time
 from dataclasses import replace
-from pathlib import Path
+
+import torch
 
 from persona_pipeline.core.config import Config
 from persona_pipeline.core.errors import PipelineError
 from persona_pipeline.core.fsutil import atomic_write_json
+from persona_pipeline.core.modeling import device
+from persona_pipeline.core.records import persona_of, read_eval_set
+from persona_pipeline.core.runs import RunDir, bench_file
+from persona_pipeline.evaluation.generation import GenerationSettings, generate, load_eval_model, plan_batches, set_eval_threads
+from persona_pipeline.evaluation.results import select_samples
 
 log = logging.getLogger(__name__)
 
@@ -27,30 +33,19 @@ TARGET_SPEEDUP = 5.0
 
 def _model_for_bench(cfg: Config):
     """(model, tokenizer, description): the latest run's model if there is one, else the base model."""
-    from persona_pipeline.stages.eval import load_eval_model
-    from persona_pipeline.core.runs import resolve_run
-
-    run_dir: Path | None = None
+    run_dir: RunDir | None = None
     if cfg.eval.source != "base":
         try:
-            run_dir = resolve_run(cfg.runs_dir, "latest")
-        except PipelineError:
-            run_dir = None
-        needed = "merged/config.json" if cfg.eval.source == "merged" else "adapter/adapter_config.json"
-        if run_dir is None or not (run_dir / needed).is_file():
-            log.info("no trained run with %s found: benchmarking the base model", needed)
+            run_dir = RunDir.resolve(cfg.runs_dir, "latest")
+            run_dir.require_merged() if cfg.eval.source == "merged" else run_dir.require_adapter()
+        except PipelineError as exc:
+            log.info("benchmarking the base model: %s", str(exc).splitlines()[0])
             run_dir, cfg = None, replace(cfg, eval=replace(cfg.eval, source="base"))
     return load_eval_model(cfg, run_dir)
 
 
 def benchmark(cfg: Config) -> dict:
     """Run the benchmark and write ``outputs/bench/bench_eval.json``; returns its content."""
-    import torch
-
-    from persona_pipeline.stages.eval import persona_of, read_eval_set, select_samples
-    from persona_pipeline.evaluation.generation import GenerationSettings, generate, plan_batches
-    from persona_pipeline.core.modeling import device
-
     records, sha = read_eval_set(cfg)
     n = cfg.eval.bench_samples
     chosen = select_samples(records, cfg.eval.personas, n, str(cfg.resolve(cfg.data.eval)))
@@ -118,15 +113,13 @@ def benchmark(cfg: Config) -> dict:
             "batched_new_tokens_per_s": round(new_tokens / bat_s, 1) if bat_s else None,
         },
     }
-    path = cfg.outputs_dir / "bench" / "bench_eval.json"
+    path = bench_file(cfg.outputs_dir, "bench_eval.json")
     atomic_write_json(path, result)
     result["path"] = str(path)
     return result
 
 
 def run(cfg: Config) -> int:
-    from persona_pipeline.evaluation.generation import set_eval_threads
-
     set_eval_threads(cfg)
     res = benchmark(cfg)
     s = res["summary"]

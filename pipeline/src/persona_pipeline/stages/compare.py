@@ -14,57 +14,22 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import yaml
+import numpy as np
+from matplotlib.figure import Figure
 
 from persona_pipeline.core.config import Config
-from persona_pipeline.evaluation.report import fmt
 from persona_pipeline.core.errors import PipelineError
 from persona_pipeline.core.fsutil import atomic_dir, atomic_write_text
+from persona_pipeline.core.runs import RunDir, baseline_eval_dir, read_json
+from persona_pipeline.evaluation.report import METRIC_ROWS, fmt
+from persona_pipeline.evaluation.results import load_eval
 
 log = logging.getLogger(__name__)
 
-COMPARE_DIR = "compare"
-# (key in metrics, label, higher is better)
-METRIC_ROWS = [
-    ("rouge1", "ROUGE-1", True), ("rouge2", "ROUGE-2", True), ("rougeL", "ROUGE-L", True), ("bleu", "BLEU", True),
-    ("semantic_similarity", "semantic similarity", True), ("persona_match", "persona match", True),
-    ("persona_match_embed", "persona match (embeddings)", True), ("blend_rate", "blend rate", False),
-    ("blend_rate_contrastive", "blend rate (contrastive)", False), ("words_mean", "words (mean)", None),
-    ("empty_rate", "empty answers", False), ("runaway_rate", "runaway answers", False),
-]
 CHART_METRICS = ["rouge1", "rouge2", "rougeL", "bleu", "semantic_similarity", "persona_match", "blend_rate", "runaway_rate"]
 RUNS_HEADING = "## Runs"
 LOG_COLUMNS = ["date", "run", "config", "train / eval", "epochs", "ROUGE-1", "ROUGE-2", "ROUGE-L", "BLEU",
                "sem. sim.", "persona match", "blend", "baseline ROUGE-L"]
-
-
-def _load_eval(cfg: Config, eval_dir: Path, what: str, hint: str) -> tuple[dict, list[dict]]:
-    from persona_pipeline.stages.eval import METRICS, prompts_digest, read_predictions
-
-    path = eval_dir / METRICS
-    if not path.is_file():
-        raise PipelineError(f"no {what} eval: {path} not found", hint=hint)
-    try:
-        metrics = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise PipelineError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno})", hint=hint) from None
-    preds = read_predictions(cfg, eval_dir)
-    digest = prompts_digest([(p["prompt"], p["reference"]) for p in preds])
-    if digest != metrics.get("eval_set", {}).get("prompts_sha256"):
-        raise PipelineError(
-            f"{eval_dir}: the predictions file does not hold the prompts its metrics.json was computed on "
-            "(it comes from another eval set or another eval run)",
-            hint=f"re-run the {what} eval so that both files come from one run",
-        )
-    return metrics, preds
-
-
-def baseline_dir(cfg: Config, run_dir: Path) -> Path:
-    """``run/eval_baseline`` if present, else ``outputs/baselines/<config name>``."""
-    from persona_pipeline.stages.eval import EVAL_DIR, METRICS
-
-    inside = run_dir / EVAL_DIR["base"]
-    return inside if (inside / METRICS).is_file() else cfg.outputs_dir / "baselines" / cfg.name
 
 
 def _check_same_set(base: dict, tuned: dict, base_dir: Path, tuned_dir: Path) -> None:
@@ -117,18 +82,14 @@ def render_table(base: dict, tuned: dict) -> str:
 
 def render_chart(base: dict, tuned: dict, path: Path) -> None:
     """One bar-chart panel per metric: overall and each persona, baseline vs fine-tuned."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
     keys = [k for k in CHART_METRICS if base["overall"].get(k) is not None or tuned["overall"].get(k) is not None]
     labels = {k: lab for k, lab, _ in METRIC_ROWS}
     groups = ["overall", *tuned["per_persona"]]
     cols = 4
     rows = (len(keys) + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
+    # A bare Figure (no pyplot): no GUI backend, no global figure state to close.
+    fig = Figure(figsize=(4.2 * cols, 3.2 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
     x = np.arange(len(groups))
     for ax, key in zip(axes.flat, keys):
         def vals(m: dict) -> list[float]:
@@ -147,37 +108,25 @@ def render_chart(base: dict, tuned: dict, path: Path) -> None:
     fig.suptitle(f"{tuned['config']}: baseline vs fine-tuned on {tuned['eval_set']['n_evaluated']} held-out samples")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 # --------------------------------------------------------------------------- TRAINING_LOG.md
 
 
-def _run_facts(cfg: Config, run_dir: Path, tuned: dict) -> dict:
-    """Epochs and data sizes of the run (its saved config and summary when present)."""
-    epochs: Any = cfg.train.epochs
-    saved = run_dir / "config.yaml"
-    if saved.is_file():
-        try:
-            epochs = (yaml.safe_load(saved.read_text()) or {}).get("train", {}).get("epochs", epochs)
-        except yaml.YAMLError:
-            pass
-    summary = run_dir / "train_summary.json"
-    if summary.is_file():
-        try:
-            epochs = json.loads(summary.read_text()).get("epochs", epochs)
-        except json.JSONDecodeError:
-            pass
-    return {"epochs": epochs, "train": tuned.get("train_set", {}).get("n_records"), "eval": tuned["eval_set"]["n_evaluated"]}
+def _run_facts(cfg: Config, run: RunDir, tuned: dict) -> dict:
+    """Epochs (from the run's training summary) and data sizes of the run."""
+    summary = read_json(run.train_summary, written_by="make train")
+    return {"epochs": summary.get("epochs", cfg.train.epochs), "train": tuned.get("train_set", {}).get("n_records"),
+            "eval": tuned["eval_set"]["n_evaluated"]}
 
 
-def log_row(cfg: Config, run_dir: Path, base: dict, tuned: dict) -> str:
-    facts = _run_facts(cfg, run_dir, tuned)
+def log_row(cfg: Config, run: RunDir, base: dict, tuned: dict) -> str:
+    facts = _run_facts(cfg, run, tuned)
     o = tuned["overall"]
     try:
-        run_label = str(run_dir.resolve().relative_to(cfg.resolve(cfg.paths.training_log).resolve().parent))
+        run_label = str(run.path.resolve().relative_to(cfg.resolve(cfg.paths.training_log).resolve().parent))
     except ValueError:
-        run_label = str(run_dir)
+        run_label = str(run.path)
     epochs = facts["epochs"]
     cells = [
         _dt.date.today().isoformat(), f"`{run_label}`", tuned["config"], f"{facts['train']} / {facts['eval']}",
@@ -213,20 +162,17 @@ def append_log_row(log_path: Path, row: str, run_key: str) -> None:
 # --------------------------------------------------------------------------- stage
 
 
-def compare(cfg: Config, run_dir: Path) -> dict:
+def compare(cfg: Config, run: RunDir) -> dict:
     """Write ``run/compare/`` (comparison.md, comparison.png, comparison.json) and the TRAINING_LOG row."""
-    from persona_pipeline.stages.eval import EVAL_DIR
-
-    run_dir = Path(run_dir)
-    tuned_dir = run_dir / EVAL_DIR["run"]
-    base_dir = baseline_dir(cfg, run_dir)
-    tuned, _ = _load_eval(cfg, tuned_dir, "fine-tuned", f"run `make eval RUN={run_dir.name}` first")
-    base, _ = _load_eval(cfg, base_dir, "baseline", f"run `make eval-baseline RUN={run_dir.name}` first")
-    _check_same_set(base, tuned, base_dir, tuned_dir)
+    tuned_dir = run.eval
+    base_dir = baseline_eval_dir(cfg.outputs_dir, cfg.name, run)
+    tuned, _ = load_eval(cfg, tuned_dir, "fine-tuned", f"run `make eval RUN={run.name}` first")
+    base, _ = load_eval(cfg, base_dir, "baseline", f"run `make eval-baseline RUN={run.name}` first")
+    _check_same_set(base, tuned, base_dir.path, tuned_dir.path)
 
     result = {
-        "run_dir": str(run_dir),
-        "baseline_dir": str(base_dir),
+        "run_dir": str(run.path),
+        "baseline_dir": str(base_dir.path),
         "eval_set": tuned["eval_set"],
         "overall": {k: {"baseline": base["overall"].get(k), "fine_tuned": tuned["overall"].get(k)} for k, _, _ in METRIC_ROWS},
         "per_persona": {
@@ -234,13 +180,13 @@ def compare(cfg: Config, run_dir: Path) -> dict:
             for n in tuned["per_persona"]
         },
     }
-    out = run_dir / COMPARE_DIR
+    out = run.compare
     with atomic_dir(out) as tmp:
         (tmp / "comparison.md").write_text(render_table(base, tuned), encoding="utf-8")
         render_chart(base, tuned, tmp / "comparison.png")
         (tmp / "comparison.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     log_path = cfg.resolve(cfg.paths.training_log)
-    row = log_row(cfg, run_dir, base, tuned)
+    row = log_row(cfg, run, base, tuned)
     append_log_row(log_path, row, row.split(" | ")[1])
     result["training_log"] = str(log_path)
     result["compare_dir"] = str(out)
@@ -248,10 +194,7 @@ def compare(cfg: Config, run_dir: Path) -> dict:
 
 
 def run(cfg: Config, *, run: str = "latest") -> int:
-    from persona_pipeline.core.runs import resolve_run
-
-    run_dir = resolve_run(cfg.runs_dir, run)
-    res = compare(cfg, run_dir)
+    res = compare(cfg, RunDir.resolve(cfg.runs_dir, run))
     o = res["overall"]
     print(f"comparison: {res['compare_dir']}/comparison.md (+ comparison.png); row added to {res['training_log']}")
     for k in ("rouge1", "rouge2", "rougeL", "bleu", "persona_match", "blend_rate"):

@@ -16,26 +16,24 @@ import random
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any
 
-from persona_pipeline.data.dedup import Sample, near_duplicate_groups, split_groups
+from persona_pipeline.core.config import Config
+from persona_pipeline.core.crypto import ensure_key
 from persona_pipeline.core.fsutil import atomic_write_json
-from persona_pipeline.stages.keys import ensure_key
-from persona_pipeline.data.personas import Persona, load_personas
 from persona_pipeline.core.prompt_format import format_completion, format_prompt
-from persona_pipeline.core.records import Record, write_records
+from persona_pipeline.core.records import KINDS, Record, write_records
+from persona_pipeline.core.runs import DATA_STATS
+from persona_pipeline.data.dedup import Sample, near_duplicate_groups, split_groups
+from persona_pipeline.data.personas import Persona, load_personas
 from persona_pipeline.data.rephrase import transform
 from persona_pipeline.data.synth import Draft, contrastive, hypothetical
 from persona_pipeline.data.transcripts import Pair, TranscriptStats, ingest_all
 
-if TYPE_CHECKING:  # pragma: no cover
-    from persona_pipeline.core.config import Config
-
 log = logging.getLogger(__name__)
 
-KINDS = ("extracted", "transformed", "hypothetical", "contrastive")
-STATS_FILE = "stats.json"
 
 
 @dataclass
@@ -233,10 +231,10 @@ def run(cfg: Config) -> int:
     stats["seconds"] = round(time.perf_counter() - start, 3)
     write_records(train_path, dataset.train, key)
     write_records(eval_path, dataset.eval, key)
-    atomic_write_json(out_dir / STATS_FILE, stats)
+    atomic_write_json(out_dir / DATA_STATS, stats)
     print(_table(stats, tstats))
     print(f"\nwrote {len(dataset.train)} train + {len(dataset.eval)} eval records (encrypted) to {out_dir} "
-          f"in {stats['seconds']:.2f}s; stats: {out_dir / STATS_FILE}")
+          f"in {stats['seconds']:.2f}s; stats: {out_dir / DATA_STATS}")
     missing = [t.file for t in tstats if t.status == "missing"]
     if missing:
         print(f"note: {len(missing)} transcript(s) not found and skipped: {', '.join(missing)}", file=sys.stderr)

@@ -12,18 +12,18 @@ import logging
 import math
 import statistics
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any
 
-from persona_pipeline.stages.keys import data_key
-from persona_pipeline.data.dedup import Sample, find_leaks, similar_pairs, shingles
+from transformers import AutoTokenizer
+
+from persona_pipeline.core.config import Config
+from persona_pipeline.core.crypto import data_key
 from persona_pipeline.core.fsutil import atomic_write_json
-from persona_pipeline.stages.data import KINDS
 from persona_pipeline.core.prompt_format import PromptFormatError, parse_prompt
-from persona_pipeline.core.records import Record, is_encrypted, read_records
-
-if TYPE_CHECKING:  # pragma: no cover
-    from persona_pipeline.core.config import Config
+from persona_pipeline.core.records import KINDS, Record, is_encrypted, read_records
+from persona_pipeline.data.dedup import Sample, find_leaks, shingles, similar_pairs
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +40,6 @@ def _token_counter(cfg: Config) -> tuple[Callable[[str], int], str]:
     looks_like_hub_id = name.count("/") == 1 and not name.startswith((".", "/", "~"))
     if local.exists() or looks_like_hub_id:
         try:
-            from transformers import AutoTokenizer
-
             tok = AutoTokenizer.from_pretrained(
                 str(local) if local.exists() else name,
                 local_files_only=True,
