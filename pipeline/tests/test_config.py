@@ -132,3 +132,29 @@ def test_cli_bad_config_fails_fast_without_heavy_imports(tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert "did you mean 'lora_alpha'" in proc.stderr
     assert time.perf_counter() - start < 20
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.batch_size=0", "train.batch_size: must be >= 1, got 0"),
+    ("train.learning_rate=0", "train.learning_rate: must be > 0, got 0.0"),
+    ("lora.lora_dropout=1.0", "lora.lora_dropout: must be < 1, got 1.0"),
+    ("eval.top_p=1.5", "eval.top_p: must be <= 1, got 1.5"),
+    ("generate.eval_fraction=0", "generate.eval_fraction: must be > 0, got 0.0"),
+])
+def test_out_of_range_values_are_refused(override, message):
+    with pytest.raises(ConfigError) as exc:
+        load_config(CONFIGS / "train_tiny.yaml", [override])
+    assert message in str(exc.value) and "command-line override" in str(exc.value)
+
+
+def test_out_of_range_value_in_a_file_names_its_line(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("name: x\ntrain:\n  epochs: 1\n  batch_size: -2\n")
+    with pytest.raises(ConfigError) as exc:
+        load_config(cfg)
+    assert f"{cfg}:4: train.batch_size: must be >= 1, got -2" in str(exc.value)
+
+
+def test_max_new_tokens_is_not_redacted_as_a_secret():
+    text = dump_config(load_config(CONFIGS / "train_tiny.yaml", ["publish.repo_id=me/x"]))
+    assert "max_new_tokens: 64" in text and "redacted" not in text

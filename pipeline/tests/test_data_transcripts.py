@@ -12,7 +12,8 @@ from persona_pipeline.cli import main
 from persona_pipeline.core.config import load_config
 from persona_pipeline.core.errors import DataError
 from persona_pipeline.data.personas import load_personas
-from persona_pipeline.data.transcripts import ingest_transcript, is_filler, load_speaker_map, parse_transcript
+from persona_pipeline.data.speaker_maps import load_speaker_map
+from persona_pipeline.data.transcripts import ingest_transcript, is_filler, parse_transcript
 
 PIPELINE = Path(__file__).resolve().parents[1]
 SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"

@@ -18,7 +18,6 @@ from persona_pipeline.core.records import read_records
 
 @pytest.mark.slow
 def test_demo_end_to_end(tmp_path, data_key, monkeypatch, capsys):
-    monkeypatch.setenv("PERSONA_PIPELINE_AUTO_INSTALL", "0")
     model_dir = tmp_path / "models" / "tiny-llama"
     overrides = TINY_TEST_MODEL + [
         "base_model.warmup_steps=10",

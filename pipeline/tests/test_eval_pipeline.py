@@ -181,7 +181,7 @@ def test_compare_refuses_evals_of_different_eval_sets(evaluated, data_key, tmp_p
     cfg = load_config(CONFIGS / "eval_tiny.yaml", overrides)
     preds = read_predictions(cfg, EvalDir(run / "eval_baseline"))
     other = persona_records(12, 7)
-    for p, r in zip(preds, other):
+    for p, r in zip(preds, other, strict=False):
         p["prompt"], p["reference"] = r["prompt"], r["completion"].strip()
     blob = "".join(json.dumps(p) + "\n" for p in preds).encode()
     (run / "eval_baseline" / "predictions.jsonl.enc").write_bytes(encrypt_bytes(blob, load_key(cfg.resolve(cfg.data.key_file))))

@@ -47,7 +47,6 @@ def _cfg(root: Path, model_dir: Path, *extra: str):
             f"data.key_file={root / 'missing' / 'key'}",
             "gguf.check_prompts=4",
             "gguf.check_max_new_tokens=12",
-            "gguf.auto_install=false",
             "gguf.threads=1",
             *extra,
         ],
@@ -362,13 +361,12 @@ def test_tensor_fallback_without_llamacpp(gguf_run, monkeypatch):
 
 def test_unsupported_quant_and_kquant_without_quantizer(monkeypatch):
     from persona_pipeline.export import gguf_convert as gguf_export
-    from persona_pipeline.export import llamacpp
 
     with pytest.raises(PipelineError) as exc:
         gguf_export.normalize_quant("Q3_X")
     assert all(q in str(exc.value) for q in gguf_export.NUMPY_QUANTS) and "Q5_K_M" in str(exc.value)
     assert gguf_export.normalize_quant("q8_0") == "Q8_0"
-    monkeypatch.setattr(llamacpp, "find_quantizer", lambda: None)
+    monkeypatch.setattr(gguf_export, "find_quantizer", lambda: None)
     with pytest.raises(PipelineError) as exc:
         gguf_export.normalize_quant("Q5_K_M")
     msg = str(exc.value)
@@ -458,7 +456,7 @@ def test_corrupted_or_truncated_gguf_rejected(gguf_run, tmp_path, capsys):
         bad = tmp_path / name
         bad.write_bytes(data)
         rc = main(["gguf-check", "--config", str(CONFIGS / "train_tiny.yaml"), "--run", str(run), "--input", str(bad),
-                   f"paths.outputs={cfg.outputs_dir}", "gguf.auto_install=false"])
+                   f"paths.outputs={cfg.outputs_dir}"])
         err = capsys.readouterr().err
         assert rc == 1 and "corrupted or truncated" in err, (name, err)
     assert sorted(p.name for p in (run / "gguf").iterdir()) == before  # nothing written

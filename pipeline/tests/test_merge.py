@@ -20,7 +20,8 @@ def save_random_adapter(model_dir: Path, run_dir: Path, r: int = 8) -> Path:
 
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(model_dir)
-    lcfg = LoraConfig(r=r, lora_alpha=2 * r, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False, task_type="CAUSAL_LM")
+    lcfg = LoraConfig(r=r, lora_alpha=2 * r, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False,
+                      task_type="CAUSAL_LM")
     peft_model = get_peft_model(model, lcfg)
     out = run_dir / "adapter"
     peft_model.save_pretrained(out)
@@ -51,7 +52,8 @@ def test_merge_checks_logits_and_saves_a_loadable_model(make_cfg, tmp_path):
     tok = AutoTokenizer.from_pretrained(out)
     enc = tok(["You are Tilda, an actress.\n\nHuman: What is a school for?\n\nTilda:"], return_tensors="pt")
     merged = AutoModelForCausalLM.from_pretrained(out).eval()
-    adapted = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(cfg.resolve(cfg.model.name_or_path)), run_dir / "adapter").eval()
+    base = AutoModelForCausalLM.from_pretrained(cfg.resolve(cfg.model.name_or_path))
+    adapted = PeftModel.from_pretrained(base, run_dir / "adapter").eval()
     with torch.no_grad():
         assert torch.allclose(merged(**enc).logits, adapted(**enc).logits, atol=1e-4)
 

@@ -73,7 +73,9 @@ def parse_prompt(prompt: str) -> ParsedPrompt:
     name = head["name"].strip()
     if blocks[-1] != f"{name}:":
         tail = blocks[-1][-30:]
-        raise PromptFormatError(f"the prompt must end with '\\n\\n{name}:' (the persona named in 'You are {name}, ...'), ends with {tail!r}")
+        raise PromptFormatError(
+            f"the prompt must end with '\\n\\n{name}:' (the persona named in 'You are {name}, ...'), ends with {tail!r}"
+        )
     body = blocks[1:-1]
     if not body or len(body) % 2 == 0:
         raise PromptFormatError("expected alternating 'Human: ...' and '<Name>: ...' turns ending with a Human turn")

@@ -17,9 +17,10 @@ from typing import Any
 
 import yaml
 
-from persona_pipeline.core.config import Config, _suggest
+from persona_pipeline.core.config import Config
 from persona_pipeline.core.errors import DataError, PipelineError
 from persona_pipeline.core.prompt_format import GENERIC_SYSTEM
+from persona_pipeline.core.schema import did_you_mean
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +112,7 @@ def _check_keys(path: Path, where: str, obj: Any, schema: dict[str, tuple[bool, 
     for key in obj:
         if key not in schema:
             sub = f"{where}.{key}" if where else str(key)
-            raise _fail(path, "", f"unknown key '{sub}'", hint=_suggest(str(key), list(schema)))
+            raise _fail(path, "", f"unknown key '{sub}'", hint=did_you_mean(str(key), list(schema)))
     for key, (required, _) in schema.items():
         if required and key not in obj:
             sub = f"{where}.{key}" if where else key
@@ -158,7 +159,8 @@ def parse_persona(data: Any, path: Path) -> Persona:
         _check_keys(path, where, raw, _FACT)
         topic = _text(path, f"{where}.topic", raw["topic"])
         if topic not in topics:
-            raise _fail(path, f"{where}.topic", f"unknown topic {topic!r}", hint=_suggest(topic, list(topics)).replace("keys", "topics"))
+            hint = did_you_mean(topic, list(topics)).replace("keys", "topics")
+            raise _fail(path, f"{where}.topic", f"unknown topic {topic!r}", hint=hint)
         facts.append(Fact(topic, _text(path, f"{where}.text", raw["text"]), _texts(path, f"{where}.ask", raw["ask"])))
     empty = [t for t in topics if not any(f.topic == t for f in facts)]
     if empty:
@@ -171,7 +173,8 @@ def parse_persona(data: Any, path: Path) -> Persona:
         where = f"does_not_know[{i}]"
         _check_keys(path, where, raw, _DOMAIN)
         expert = raw.get("expert")
-        domains.append(Domain(_text(path, f"{where}.domain", raw["domain"]), None if expert is None else _text(path, f"{where}.expert", expert)))
+        expert = None if expert is None else _text(path, f"{where}.expert", expert)
+        domains.append(Domain(_text(path, f"{where}.domain", raw["domain"]), expert))
 
     return Persona(
         name=name,
@@ -223,7 +226,7 @@ def load_personas(cfg: Config) -> dict[str, Persona]:
             if d.expert is not None and d.expert not in personas:
                 raise DataError(
                     f"{p.path}: does_not_know[{i}].expert: unknown persona {d.expert!r}",
-                    hint=_suggest(d.expert, list(personas)).replace("keys", "personas"),
+                    hint=did_you_mean(d.expert, list(personas)).replace("keys", "personas"),
                 )
             if d.expert == p.name:
                 raise DataError(f"{p.path}: does_not_know[{i}].expert names the persona itself")

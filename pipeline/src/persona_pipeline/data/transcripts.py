@@ -1,4 +1,4 @@
-"""Transcript ingestion: speaker maps, line parsing, turn merging and question/answer pairing.
+"""Transcript ingestion: line parsing, turn merging and question/answer pairing (speaker maps: :mod:`.speaker_maps`).
 
 Transcripts are documentary slices in a loose ``Speaker<TAB>text`` layout (see
 ``../shared/data/README.md``). A label alone does not identify a persona, so
@@ -30,14 +30,13 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from persona_pipeline.core.config import Config, _suggest
+from persona_pipeline.core.config import Config
 from persona_pipeline.core.errors import DataError
-from persona_pipeline.data.personas import Persona, read_yaml_file
+from persona_pipeline.data.personas import Persona
+from persona_pipeline.data.speaker_maps import HUMAN, SpeakerMap, fold_label, load_speaker_map
 
 log = logging.getLogger(__name__)
 
-HUMAN = "human"
-FORMATS = ("tab", "colon", "header")
 # A plain line (no label) continues the current speaker when it starts in lower case
 # (a sentence cut by an editorial note) or is a long, punctuated sentence; short
 # unpunctuated lines are editors' notes ("In Bangladesh it's all about the certificate").
@@ -59,104 +58,6 @@ _INLINE_NOISE = re.compile(rf"\[[^\]]*\]|\(\s*(?:(?:start|stop)\s*:?\s*)?{_TIME}
 _QUOTES = str.maketrans({"\u2018": "'", "\u2019": "'", "\u201c": '"', "\u201d": '"', "\u2013": "-", "\u2014": "-", "\u00a0": " "})
 
 
-# --------------------------------------------------------------------------- speaker maps
-
-
-@dataclass
-class Section:
-    start: str | None
-    format: str
-    speakers: dict[str, str]  # folded label -> persona name or "human"
-    skip: set[str]  # folded labels
-    unlisted: str  # "warn" | "skip"
-
-    def role(self, label: str) -> str | None:
-        """Persona name, ``human``, ``skip``, or None for a label the map does not list."""
-        for cand in _label_candidates(label):
-            if cand in self.speakers:
-                return self.speakers[cand]
-            if cand in self.skip:
-                return "skip"
-        return None
-
-    def knows(self, label: str) -> bool:
-        return self.role(label) is not None
-
-
-@dataclass
-class SpeakerMap:
-    path: Path
-    sections: list[Section]
-
-
-def _fold(label: str) -> str:
-    return " ".join(label.split()).casefold()
-
-
-def _label_candidates(label: str) -> list[str]:
-    """``Female - Introduction`` / ``Male (2)`` also match ``Female`` / ``Male``."""
-    folded = _fold(label)
-    short = re.split(r"\s+-\s+|\s*\(", folded, maxsplit=1)[0].strip()
-    return [folded] if short == folded or not short else [folded, short]
-
-
-_MAP_KEYS = {"sections"}
-_SECTION_KEYS = {"start", "format", "speakers", "skip", "unlisted"}
-
-
-def load_speaker_map(path: Path, personas: dict[str, Persona]) -> SpeakerMap:
-    """Read and validate a speaker map; persona names must exist in ``personas``."""
-    data = read_yaml_file(path)
-
-    def fail(msg: str, hint: str | None = None) -> DataError:
-        return DataError(f"{path}: {msg}", hint=hint or "see data/transcripts/maps/ for examples")
-
-    if not isinstance(data, dict):
-        raise fail("expected a mapping with a 'sections' list")
-    for key in data:
-        if key not in _MAP_KEYS:
-            raise fail(f"unknown key '{key}'", _suggest(str(key), sorted(_MAP_KEYS)))
-    raw_sections = data.get("sections")
-    if not isinstance(raw_sections, list) or not raw_sections:
-        raise fail("'sections' must be a non-empty list")
-    sections = []
-    for i, raw in enumerate(raw_sections):
-        where = f"sections[{i}]"
-        if not isinstance(raw, dict):
-            raise fail(f"{where}: expected a mapping")
-        for key in raw:
-            if key not in _SECTION_KEYS:
-                raise fail(f"unknown key '{where}.{key}'", _suggest(str(key), sorted(_SECTION_KEYS)))
-        start = raw.get("start")
-        if i > 0 and (not isinstance(start, str) or not start.strip()):
-            raise fail(f"{where}.start: every section after the first needs the heading line where it starts")
-        if i == 0 and start is not None and not isinstance(start, str):
-            raise fail(f"{where}.start: expected a heading line (text), got {start!r}")
-        fmt = raw.get("format", "tab")
-        if fmt not in FORMATS:
-            raise fail(f"{where}.format: expected one of {', '.join(FORMATS)}, got {fmt!r}")
-        unlisted = raw.get("unlisted", "warn")
-        if unlisted not in ("warn", "skip"):
-            raise fail(f"{where}.unlisted: expected warn or skip, got {unlisted!r}")
-        speakers_raw = raw.get("speakers") or {}
-        if not isinstance(speakers_raw, dict):
-            raise fail(f"{where}.speakers: expected a mapping of label -> persona name or 'human'")
-        speakers = {}
-        for label, target in speakers_raw.items():
-            if not isinstance(target, str) or (target != HUMAN and target not in personas):
-                choices = [*personas, HUMAN]
-                raise fail(
-                    f"{where}.speakers.{label}: {target!r} is not a persona or 'human'",
-                    _suggest(str(target), choices).replace("keys", "values"),
-                )
-            speakers[_fold(str(label))] = target
-        skip_raw = raw.get("skip") or []
-        if not isinstance(skip_raw, list) or not all(isinstance(s, str) for s in skip_raw):
-            raise fail(f"{where}.skip: expected a list of labels")
-        sections.append(Section(start.strip() if isinstance(start, str) else None, fmt, speakers, {_fold(s) for s in skip_raw}, unlisted))
-    return SpeakerMap(path, sections)
-
-
 # --------------------------------------------------------------------------- parsing
 
 
@@ -175,7 +76,7 @@ class Turn:
     @property
     def key(self) -> str:
         """Who spoke: consecutive turns with the same key are one turn."""
-        return self.role if self.role not in ("skip", "unmapped") else f"{self.role}:{_fold(self.label)}"
+        return self.role if self.role not in ("skip", "unmapped") else f"{self.role}:{fold_label(self.label)}"
 
 
 @dataclass
@@ -417,7 +318,9 @@ def extract_pairs(
     return pairs
 
 
-def ingest_transcript(path: Path, smap: SpeakerMap, *, max_question_words: int = 80, max_answer_words: int = 160) -> tuple[list[Pair], TranscriptStats]:
+def ingest_transcript(
+    path: Path, smap: SpeakerMap, *, max_question_words: int = 80, max_answer_words: int = 160
+) -> tuple[list[Pair], TranscriptStats]:
     """Parse one transcript and pair its questions with persona answers.
 
     Raises DataError for an empty, non-UTF-8 or unusable transcript (no turn by a

@@ -39,12 +39,14 @@ COLUMNS = [
 def render_report(m: dict) -> str:
     """``report.md`` from ``metrics.json`` content."""
     rows = [("overall", m["overall"])] + list(m["per_persona"].items())
+    es, gen, timing = m["eval_set"], m["generation"], m["timing"]
     lines = [
         f"# Evaluation: {m['config']} ({m['model']['source']})",
         "",
         f"- model: `{m['model']['model']}`" + (f", adapter `{m['model']['adapter']}`" if m["model"].get("adapter") else ""),
-        f"- eval set: `{m['eval_set']['path']}` (sha256 `{m['eval_set']['sha256'][:12]}`), {m['eval_set']['n_evaluated']} of {m['eval_set']['n_records']} samples",
-        f"- decoding: {'sampling' if m['generation']['do_sample'] else 'greedy'}, {m['generation'].get('min_new_tokens', 0)} to {m['generation']['max_new_tokens']} new tokens, batch {m['generation']['batch_size']}, stop at EOS or `{escape_newlines(STOP)}`",
+        f"- eval set: `{es['path']}` (sha256 `{es['sha256'][:12]}`), {es['n_evaluated']} of {es['n_records']} samples",
+        f"- decoding: {'sampling' if gen['do_sample'] else 'greedy'}, {gen.get('min_new_tokens', 0)} to {gen['max_new_tokens']} "
+        f"new tokens, batch {gen['batch_size']}, stop at EOS or `{escape_newlines(STOP)}`",
         f"- {m['created']}",
         "",
         "| group | " + " | ".join(c[1] for c in COLUMNS) + " |",
@@ -75,7 +77,7 @@ def render_report(m: dict) -> str:
         "## Timing",
         "",
         f"load {m['timing']['load_s']:.1f}s, generation {m['timing']['generate_s']:.1f}s "
-        f"({m['timing']['answers_per_s']:.2f} answers/s, {m['timing']['new_tokens_per_s']:.0f} new tokens/s), scoring {m['timing']['score_s']:.1f}s",
+        f"({timing['answers_per_s']:.2f} answers/s, {timing['new_tokens_per_s']:.0f} new tokens/s), scoring {timing['score_s']:.1f}s",
         "",
         f"Per-sample answers and scores: `{m['predictions']}`.",
         "",

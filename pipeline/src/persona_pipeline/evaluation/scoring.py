@@ -63,17 +63,17 @@ def score(cfg: Config, samples: list[dict], train_records: list[dict], embedder)
         vec_a = embedder.encode(answers)
         vec_r = embedder.encode(refs)
         # An empty answer has nothing in common with its reference: 0, not the embedding of "".
-        similarity = [float(a @ r) if ans.strip() else 0.0 for a, r, ans in zip(vec_a, vec_r, answers)]
+        similarity = [float(a @ r) if ans.strip() else 0.0 for a, r, ans in zip(vec_a, vec_r, answers, strict=True)]
         eclf = embedding_classifier(train_texts, train_labels, names, embedder.encode)
         fidelity["embedding"] = accuracy_report(eclf, refs, labels)
         predicted_embed, _ = eclf.predict(answers)
 
     detector = BlendDetector.from_personas(load_personas(cfg))
     # References never blend: the detector's rate on them is its false-positive rate.
-    ref_blend = [detector.detect(r, p)["blend"] for r, p in zip(refs, labels)]
+    ref_blend = [detector.detect(r, p)["blend"] for r, p in zip(refs, labels, strict=True)]
     fidelity["blend_on_references"] = {
         "rate": _mean([float(b) for b in ref_blend]),
-        "per_persona": {n: _mean([float(b) for b, l in zip(ref_blend, labels) if l == n]) for n in names},
+        "per_persona": {n: _mean([float(b) for b, who in zip(ref_blend, labels, strict=True) if who == n]) for n in names},
     }
     for i, s in enumerate(tqdm(samples, desc="score", unit="answer", leave=False)):
         blend = detector.detect(s["answer"], s["persona"])

@@ -63,7 +63,7 @@ def greedy_with_stop(forced: list[int], ref_logits, eos_ids: set[int]) -> list[i
 
     Until the first step whose argmax is an EOS token the two paths are identical.
     """
-    for k, tok in enumerate(forced):
+    for k in range(len(forced)):
         best = int(ref_logits[k].argmax())
         if best in eos_ids:
             return forced[:k] + [best]
@@ -86,7 +86,7 @@ def _compare_prompt(model, tokenizer, llm, prompt: str, ids: list[int], max_new:
     cpp_new = llm.greedy(ids, max_new)
     diff = np.abs(got - ref)
     top1 = got.argmax(-1) == ref.argmax(-1)
-    first_div = next((k for k, (a, b) in enumerate(zip(hf_new, cpp_new)) if a != b), None)
+    first_div = next((k for k, (a, b) in enumerate(zip(hf_new, cpp_new, strict=False)) if a != b), None)
     if first_div is None and len(hf_new) != len(cpp_new):
         first_div = min(len(hf_new), len(cpp_new))
     # How far apart transformers put the two competing tokens where the outputs part: a gap smaller
@@ -120,11 +120,11 @@ def compare_with_llamacpp(cfg: Config, gguf_file: Path, merged: Path, prompts: l
     max_new = cfg.gguf.check_max_new_tokens
     encoded = [tokenizer(p)["input_ids"] for p in prompts]
     n_ctx = -(-(max(len(e) for e in encoded) + max_new + 8) // 256) * 256  # room for prompt + continuation
-    with LlamaCppModel(gguf_file, n_ctx=n_ctx, threads=cfg.gguf.threads, auto_install=cfg.gguf.auto_install) as llm:
+    with LlamaCppModel(gguf_file, n_ctx=n_ctx, threads=cfg.gguf.threads) as llm:
         warnings = llm.warnings()
         rows = [
             {"prompt": i, **_compare_prompt(model, tokenizer, llm, prompt, ids, max_new, eos_ids)}
-            for i, (prompt, ids) in enumerate(tqdm(list(zip(prompts, encoded)), desc="gguf-check", unit="prompt", leave=False))
+            for i, (prompt, ids) in enumerate(tqdm(list(zip(prompts, encoded, strict=True)), desc="gguf-check", unit="prompt", leave=False))
         ]
     positions = sum(r.pop("_positions") for r in rows)
     agree = sum(r.pop("_top1") for r in rows)
@@ -178,7 +178,8 @@ def compare_tensors(gguf_file: Path, merged: Path, reader=None) -> dict[str, Any
                 data = unpermute_qk(data, n_kv)
             err = data.astype(np.float64) - src
             rel = float(np.sqrt((err**2).mean()) / (np.sqrt((src.astype(np.float64) ** 2).mean()) or 1.0))
-            per_tensor.append({"tensor": t.name, "type": t.tensor_type.name, "max_abs_diff": float(np.abs(err).max()), "rel_rms_error": rel})
+            per_tensor.append({"tensor": t.name, "type": t.tensor_type.name, "max_abs_diff": float(np.abs(err).max()),
+                               "rel_rms_error": rel})
     if missing:
         raise PipelineError(f"{gguf_file}: tensors missing from the file: {', '.join(missing[:5])}")
     worst = sorted(per_tensor, key=lambda r: -r["rel_rms_error"])

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from persona_pipeline.core.errors import PipelineError
 from persona_pipeline.export.gguf_io import open_weights, permute_qk, read_hf_config, tensor_types
 from persona_pipeline.export.gguf_vocab import VocabMetadata, add_to_writer, read_vocab
-from persona_pipeline.export.llamacpp import ensure_quantizer, kquant_hint, quantize
+from persona_pipeline.export.llamacpp import find_quantizer, kquant_hint, quantize
 
 log = logging.getLogger(__name__)
 
@@ -49,15 +49,14 @@ class _Planned:
     qtype: Any  # gguf.GGMLQuantizationType
 
 
-def normalize_quant(quant: str, *, auto_install: bool = False) -> str:
-    """Upper-case and check a quant name. K-quants need llama.cpp's quantizer: installed here when
-    ``auto_install`` (llama-cpp-python, a ~10 min compile, announced), else a clear error."""
+def normalize_quant(quant: str) -> str:
+    """Upper-case and check a quant name. K-quants need llama.cpp's quantizer (``make kquants``), else a clear error."""
     q = quant.strip().upper()
     if q in NUMPY_QUANTS:
         return q
     supported = ", ".join(NUMPY_QUANTS)
     if q in K_QUANTS:
-        if ensure_quantizer(auto_install) is None:
+        if find_quantizer() is None:
             raise PipelineError(
                 f"QUANT={q} is a K-quant; it needs llama.cpp's quantizer, which is not available here. "
                 f"Supported without it: {supported}",

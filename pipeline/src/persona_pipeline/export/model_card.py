@@ -87,7 +87,7 @@ def metrics_section(cfg: Config, run: RunDir) -> list[str]:
     per = tuned.get("per_persona") or {}
     if per:
         keys = [(k, label) for k, label, _ in METRIC_ROWS if k in ("rougeL", "bleu", "persona_match", "blend_rate")]
-        lines += ["", "Per persona (fine-tuned):", "", "| persona | n | " + " | ".join(l for _, l in keys) + " |",
+        lines += ["", "Per persona (fine-tuned):", "", "| persona | n | " + " | ".join(label for _, label in keys) + " |",
                   "|---|---:|" + "---:|" * len(keys)]
         for name, g in per.items():
             lines.append(f"| {name} | {_num(g.get('n'))} | " + " | ".join(_num(g.get(k)) for k, _ in keys) + " |")
@@ -156,7 +156,8 @@ def build_model_card(
              "## Base model and license", "",
              f"- base model: `{base_name}`" + ("" if _is_hub_id(base_name) else " (built locally by the pipeline)"),
              f"- license: {note}. This model is a derivative of the base model and is subject to its license.",
-             f"- published artifact: {'the LoRA adapter only (load it on top of the base model)' if artifact == 'adapter' else 'the full model with the LoRA adapter merged in'}",
+             "- published artifact: " + ("the LoRA adapter only (load it on top of the base model)" if artifact == "adapter"
+                                         else "the full model with the LoRA adapter merged in"),
              "", "## Training", "",
              f"- LoRA: r={lora.get('r')}, alpha={lora.get('lora_alpha')}, dropout={lora.get('lora_dropout')}, "
              f"target modules {', '.join(lora.get('target_modules') or [])}",

@@ -73,7 +73,7 @@ def benchmark(cfg: Config) -> dict:
         timed("prefill_batched", prefill, bs, f"prompt pass, batched ({rep + 1})")
         log.info("repeat %d: one at a time %.2fs, batched %.2fs", rep + 1, times["one_at_a_time"][-1], times["batched"][-1])
     med = {k: statistics.median(v) for k, v in times.items()}
-    same = sum(a.text == b.text for a, b in zip(seq, bat))
+    same = sum(a.text == b.text for a, b in zip(seq, bat, strict=True))
     seq_s, bat_s = med["one_at_a_time"], med["batched"]
     speedup = seq_s / bat_s if bat_s > 0 else float("inf")
     decode_seq, decode_bat = seq_s - med["prefill_one_at_a_time"], bat_s - med["prefill_batched"]

@@ -209,7 +209,7 @@ def bench(cfg: Config, *, memory: bool = True, command: str | None = None) -> di
     ref = variants[REFERENCE]
     ref_curve = runs[REFERENCE][0]["losses"]
     loss_diff = {
-        v: max(abs(a - b) for a, b in zip(runs[v][0]["losses"], ref_curve)) for v in VARIANTS if v != REFERENCE
+        v: max(abs(a - b) for a, b in zip(runs[v][0]["losses"], ref_curve, strict=True)) for v in VARIANTS if v != REFERENCE
     }
 
     def ratio(v: str) -> float:

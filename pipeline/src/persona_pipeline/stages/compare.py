@@ -26,6 +26,7 @@ from persona_pipeline.evaluation.results import load_eval
 
 log = logging.getLogger(__name__)
 
+PER_PERSONA_METRICS = ("rougeL", "bleu", "semantic_similarity", "persona_match", "blend_rate")
 CHART_METRICS = ["rouge1", "rouge2", "rougeL", "bleu", "semantic_similarity", "persona_match", "blend_rate", "runaway_rate"]
 RUNS_HEADING = "## Runs"
 LOG_COLUMNS = ["date", "run", "config", "train / eval", "epochs", "ROUGE-1", "ROUGE-2", "ROUGE-L", "BLEU",
@@ -52,10 +53,11 @@ def _delta(b: Any, t: Any, better: bool | None) -> str:
 
 def render_table(base: dict, tuned: dict) -> str:
     """The comparison markdown: overall metrics, then ROUGE-L / BLEU / fidelity per persona."""
+    es = tuned["eval_set"]
     lines = [
         "# Baseline vs fine-tuned",
         "",
-        f"- eval set: `{tuned['eval_set']['path']}` (sha256 `{tuned['eval_set']['sha256'][:12]}`), {tuned['eval_set']['n_evaluated']} samples, same prompts for both",
+        f"- eval set: `{es['path']}` (sha256 `{es['sha256'][:12]}`), {es['n_evaluated']} samples, same prompts for both",
         f"- baseline: `{base['model']['model']}` ({base['created']})",
         f"- fine-tuned: `{tuned['model'].get('adapter') or tuned['model']['model']}` ({tuned['created']})",
         "",
@@ -71,7 +73,7 @@ def render_table(base: dict, tuned: dict) -> str:
     for name, tp in tuned["per_persona"].items():
         bp = base["per_persona"].get(name, {})
         for key, label, better in METRIC_ROWS:
-            if key in ("rougeL", "bleu", "semantic_similarity", "persona_match", "blend_rate") and (bp.get(key) is not None or tp.get(key) is not None):
+            if key in PER_PERSONA_METRICS and (bp.get(key) is not None or tp.get(key) is not None):
                 lines.append(f"| {name} | {label} | {fmt(bp.get(key))} | {fmt(tp.get(key))} | {_delta(bp.get(key), tp.get(key), better)} |")
     notices = {m["embeddings"]["notice"] for m in (base, tuned) if m["embeddings"].get("notice")}
     if notices:
@@ -91,16 +93,17 @@ def render_chart(base: dict, tuned: dict, path: Path) -> None:
     fig = Figure(figsize=(4.2 * cols, 3.2 * rows))
     axes = fig.subplots(rows, cols, squeeze=False)
     x = np.arange(len(groups))
-    for ax, key in zip(axes.flat, keys):
-        def vals(m: dict) -> list[float]:
-            src = [m["overall"], *[m["per_persona"].get(g, {}) for g in groups[1:]]]
-            return [float(s.get(key) or 0.0) for s in src]
 
-        ax.bar(x - 0.2, vals(base), 0.4, label="baseline", color="#9aa5b1")
-        ax.bar(x + 0.2, vals(tuned), 0.4, label="fine-tuned", color="#2f6fb3")
+    def vals(m: dict, key: str) -> list[float]:
+        src = [m["overall"], *[m["per_persona"].get(g, {}) for g in groups[1:]]]
+        return [float(s.get(key) or 0.0) for s in src]
+
+    for ax, key in zip(axes.flat, keys, strict=False):  # zip stops at the metrics: spare panels are switched off below
+        ax.bar(x - 0.2, vals(base, key), 0.4, label="baseline", color="#9aa5b1")
+        ax.bar(x + 0.2, vals(tuned, key), 0.4, label="fine-tuned", color="#2f6fb3")
         ax.set_title(labels[key] + (" (lower is better)" if key.endswith("_rate") else ""), fontsize=10)
         ax.set_xticks(x, groups, fontsize=8)
-        ax.set_ylim(0, max(1.0, *vals(base), *vals(tuned)) if key != "bleu" else None)
+        ax.set_ylim(0, max(1.0, *vals(base, key), *vals(tuned, key)) if key != "bleu" else None)
         ax.grid(axis="y", alpha=0.3)
     for ax in list(axes.flat)[len(keys):]:
         ax.axis("off")
@@ -176,7 +179,8 @@ def compare(cfg: Config, run: RunDir) -> dict:
         "eval_set": tuned["eval_set"],
         "overall": {k: {"baseline": base["overall"].get(k), "fine_tuned": tuned["overall"].get(k)} for k, _, _ in METRIC_ROWS},
         "per_persona": {
-            n: {k: {"baseline": base["per_persona"].get(n, {}).get(k), "fine_tuned": tuned["per_persona"][n].get(k)} for k, _, _ in METRIC_ROWS}
+            n: {k: {"baseline": base["per_persona"].get(n, {}).get(k), "fine_tuned": tuned["per_persona"][n].get(k)}
+                for k, _, _ in METRIC_ROWS}
             for n in tuned["per_persona"]
         },
     }

@@ -88,7 +88,7 @@ def _compose_multi_turn(
         (i for i, (d, _) in enumerate(singles) if d.kind == "extracted"),
         key=lambda i: (singles[i][0].conversation or "", singles[i][0].a_turn),
     )
-    for a, b in zip(extracted, extracted[1:]):
+    for a, b in zip(extracted, extracted[1:], strict=False):
         da, db = singles[a][0], singles[b][0]
         if len(out) >= target:
             break
@@ -157,7 +157,7 @@ def build(cfg: Config, personas: dict[str, Persona], pairs: list[Pair]) -> Datas
     counts: dict[str, dict[str, dict[str, int]]] = {}
     multi: dict[str, int] = {}
     for split in ("train", "eval"):
-        singles = [(d, f"g{gi:04d}") for d, gi in zip(drafts, group_idx) if (gi in eval_groups) == (split == "eval")]
+        singles = [(d, f"g{gi:04d}") for d, gi in zip(drafts, group_idx, strict=True) if (gi in eval_groups) == (split == "eval")]
         records = [_record(personas[d.persona], d, grp) for d, grp in singles]
         chains = _compose_multi_turn(singles, g.multi_turn_fraction, budget, rng)
         records += [_record(personas[final.persona], final, grp, hist) for hist, final, grp in chains]

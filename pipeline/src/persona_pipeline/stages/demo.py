@@ -150,6 +150,9 @@ def _table(steps: list[Step], elapsed: float) -> str:
              for s in steps]
     rows.append(("total", f"{elapsed:.1f}s", "", ""))
     widths = [max(len(r[c]) for r in rows) for c in range(4)]
-    line = lambda r: "  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip()  # noqa: E731
+
+    def line(r: tuple[str, ...]) -> str:
+        return "  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip()
+
     sep = "  ".join("-" * w for w in widths)
     return "\n" + "\n".join([line(rows[0]), sep, *map(line, rows[1:-1]), sep, line(rows[-1])])

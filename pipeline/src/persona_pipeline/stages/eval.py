@@ -60,7 +60,8 @@ def evaluate(cfg: Config, run_dir: RunDir | None, out: EvalDir) -> dict:
     model, tokenizer, model_desc = load_eval_model(cfg, run_dir)
     t1 = time.perf_counter()
     settings = GenerationSettings.from_config(cfg)
-    gens = generate(model, tokenizer, [r["prompt"] for r in chosen], settings, batch_size=cfg.eval.batch_size, desc=f"eval {cfg.eval.source}")
+    gens = generate(model, tokenizer, [r["prompt"] for r in chosen], settings,
+                    batch_size=cfg.eval.batch_size, desc=f"eval {cfg.eval.source}")
     t2 = time.perf_counter()
     del model
 
@@ -76,7 +77,7 @@ def evaluate(cfg: Config, run_dir: RunDir | None, out: EvalDir) -> dict:
             "_new_tokens": g.new_tokens,
             "_stop": g.stop,
         }
-        for i, (r, g) in enumerate(zip(chosen, gens))
+        for i, (r, g) in enumerate(zip(chosen, gens, strict=True))
     ]
     groups, fidelity = score(cfg, samples, train_records, embedder)
     t3 = time.perf_counter()

@@ -28,7 +28,7 @@ def _up_to_date(out: Path, merged: Path) -> bool:
 
 def export_gguf(cfg: Config, run: RunDir, quant: str | None = None, *, force: bool = False) -> Path:
     """Export ``run/merged`` to ``run/gguf/<name>-<QUANT>.gguf`` plus its Modelfile(s)."""
-    quant = normalize_quant(quant or cfg.gguf.quant, auto_install=cfg.gguf.auto_install)
+    quant = normalize_quant(quant or cfg.gguf.quant)
     merged = run.require_merged()
     out = run.gguf_file(cfg.name, quant)
     info_path = run.gguf_export_info(quant)

@@ -117,7 +117,7 @@ def check_gguf(cfg: Config, run_dir: RunDir, quant: str | None = None, *, gguf_f
     prompts, source = check_prompts(cfg)
     result, reason = None, None
     try:
-        ensure_runtime(cfg.gguf.auto_install)
+        ensure_runtime()
     except PipelineError as exc:
         reason = str(exc).splitlines()[0]
     if reason is None:

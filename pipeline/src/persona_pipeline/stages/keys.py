@@ -70,7 +70,7 @@ def decrypt(cfg: Config, *, input: str | None = None, output: str | None = None)
         targets = [folder / src.name[: -len(ENC_SUFFIX)] for src, _ in plain]
     print("WARNING: writing PLAINTEXT private data to disk. It is git-ignored under data/plaintext/;", file=sys.stderr)
     print("WARNING: delete it when done (rm -r data/plaintext) and never commit or share it.", file=sys.stderr)
-    for (src, data), dest in zip(plain, targets):
+    for (src, data), dest in zip(plain, targets, strict=True):
         atomic_write_bytes(dest, data, mode=0o600)
         print(f"decrypted {src} -> {dest}")
     return 0

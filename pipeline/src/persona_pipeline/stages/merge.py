@@ -97,7 +97,8 @@ def merge(cfg: Config, run: RunDir, *, force: bool = False) -> RunDir:
     )
     if not figures["max_abs_logit_diff"] <= tol:
         raise PipelineError(
-            f"merged model differs from the adapter model: max |logit diff| {figures['max_abs_logit_diff']:.3g} > tolerance {tol:g} ({dtype}); nothing written",
+            f"merged model differs from the adapter model: max |logit diff| {figures['max_abs_logit_diff']:.3g} "
+            f"> tolerance {tol:g} ({dtype}); nothing written",
             hint="merge in float32 (ARGS='model.dtype=float32') or check that model.name_or_path is the base the run was trained on",
         )
     info = {

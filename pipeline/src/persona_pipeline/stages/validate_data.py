@@ -47,7 +47,7 @@ def _token_counter(cfg: Config) -> tuple[Callable[[str], int], str]:
                 trust_remote_code=cfg.model.trust_remote_code,
             )
             return (lambda text: len(tok(text, add_special_tokens=True)["input_ids"]) + 1), f"tokenizer of {name}"
-        except Exception as exc:  # noqa: BLE001 - any failure means "not available offline"
+        except Exception as exc:  # any failure means "not available offline"
             log.info("tokenizer not loadable offline (%s: %s)", type(exc).__name__, exc)
     print(f"notice: the tokenizer of {name} is not available offline; token lengths are estimated "
           f"as {WORDS_TO_TOKENS} x whitespace words (build it with `make base-model`, or download the model)")
@@ -92,7 +92,7 @@ def _check_records(records: list[Record], split: str) -> tuple[list[dict[str, An
 
 def _lengths(records: list[Record], count: Callable[[str], int], max_length: int) -> dict[str, Any]:
     lens = [count(r["prompt"] + r["completion"]) for r in records]
-    over = [r["meta"].get("line") for r, n in zip(records, lens) if n > max_length]
+    over = [r["meta"].get("line") for r, n in zip(records, lens, strict=True) if n > max_length]
     return {
         "max": max(lens, default=0),
         "mean": round(statistics.fmean(lens), 1) if lens else 0,

@@ -82,7 +82,7 @@ def tokenize_records(records: list[Record], tokenizer, max_length: int) -> tuple
         part = records[start : start + chunk]
         prompts = tokenizer([r["prompt"] for r in part], add_special_tokens=True)["input_ids"]
         completions = tokenizer([r["completion"] for r in part], add_special_tokens=False)["input_ids"]
-        for p, c in zip(prompts, completions):
+        for p, c in zip(prompts, completions, strict=True):
             if not c:
                 stats["dropped_empty"] += 1
                 continue
