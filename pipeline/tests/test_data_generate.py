@@ -15,11 +15,11 @@ from persona_pipeline.core.config import load_config
 from persona_pipeline.core.crypto import MAGIC, encode_key
 from persona_pipeline.core.errors import DataError
 from persona_pipeline.core.prompt_format import parse_prompt
-from persona_pipeline.core.records import read_records
+from persona_pipeline.core.records import KINDS, read_records
 from persona_pipeline.data.corpus import project_text
+from persona_pipeline.data.dataset import build
 from persona_pipeline.data.personas import load_persona_file, load_personas
 from persona_pipeline.data.transcripts import ingest_all
-from persona_pipeline.stages.data import KINDS, build
 
 PIPELINE = Path(__file__).resolve().parents[1]
 CONFIG = PIPELINE / "configs" / "train_tiny.yaml"
@@ -66,6 +66,10 @@ def test_data_and_validate_produce_encrypted_leak_free_sets(generated):
     report = json.loads((out / "outputs" / "data_validation.json").read_text())
     assert report["ok"] and report["leakage"]["eval_samples_leaked"] == 0 and not report["schema_errors"]
     assert not {r["meta"]["group"] for r in train} & {r["meta"]["group"] for r in evals}
+    # Split by source: no eval answer quotes 8 words of a train answer (the old split: 78 of 95 did).
+    assert report["containment"]["eval_answers_sharing_run"] == 0
+    stats = json.loads((out / "data" / "stats.json").read_text())
+    assert stats["eval_answers_sharing_8_word_run"] == 0 and set(stats["held_out"]) == {"Tilda", "Ahsan", "Anis"}
 
 
 def test_records_follow_the_prompt_format_and_meta_contract(generated):
@@ -96,7 +100,7 @@ def test_stats_report_counts_without_private_text(generated):
     assert stats["records"]["train"] == len(train)
     assert sum(stats["counts"]["train"]["Tilda"].values()) == sum(r["meta"]["persona"] == "Tilda" for r in train)
     files = {t["file"]: t for t in stats["transcripts"]}
-    assert files["festival_panel_2019.txt"]["pairs"] == {"Tilda": 7, "Ahsan": 7}
+    assert files["festival_panel_2019.txt"]["samples"] == {"Tilda": 7, "Ahsan": 9}
     for r in train[:200]:  # no sample text in the stats
         assert r["completion"].strip()[:40] not in text
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from persona_pipeline.core.config import Config
 from persona_pipeline.data.personas import Persona, load_personas
 from persona_pipeline.data.speaker_maps import load_speaker_map
-from persona_pipeline.data.transcripts import parse_transcript
+from persona_pipeline.data.turns import parse_transcript
 
 CORPUS_DIR = "data/corpus"
 OWN_TRANSCRIPTS_DIR = "data/transcripts"

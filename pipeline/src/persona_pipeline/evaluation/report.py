@@ -39,6 +39,7 @@ COLUMNS = [
 def render_report(m: dict) -> str:
     """``report.md`` from ``metrics.json`` content."""
     rows = [("overall", m["overall"])] + list(m["per_persona"].items())
+    rows += [(f"{by.removeprefix('per_')}: {name}", g) for by in ("per_origin", "per_kind") for name, g in m.get(by, {}).items()]
     es, gen, timing = m["eval_set"], m["generation"], m["timing"]
     lines = [
         f"# Evaluation: {m['config']} ({m['model']['source']})",

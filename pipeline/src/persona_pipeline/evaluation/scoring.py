@@ -12,6 +12,7 @@ from persona_pipeline.core.errors import DataError
 from persona_pipeline.core.records import persona_of
 from persona_pipeline.data.personas import load_personas
 from persona_pipeline.evaluation.fidelity import BlendDetector, accuracy_report, embedding_classifier, tfidf_classifier
+from persona_pipeline.evaluation.intervals import intervals, slices
 from persona_pipeline.evaluation.metrics import corpus_bleu, length_stats, rouge_per_sample, sentence_bleu
 
 CONTRASTIVE = "contrastive"
@@ -36,6 +37,7 @@ def _aggregate(samples: list[dict]) -> dict[str, Any]:
     out["blend_rate"] = _mean([float(x["blend"]) for x in sc])
     out["blend_rate_contrastive"] = _mean([float(s["scores"]["blend"]) for s in contrastive])
     out.update(length_stats([s["answer"] for s in samples], [x["stop"] == "max_tokens" for x in sc]))
+    out["ci"] = intervals(samples)
     return out
 
 
@@ -95,4 +97,6 @@ def score(cfg: Config, samples: list[dict], train_records: list[dict], embedder)
         }
     groups = {"overall": _aggregate(samples)}
     groups["per_persona"] = {n: _aggregate([s for s in samples if s["persona"] == n]) for n in names}
+    for by in ("per_origin", "per_kind"):
+        groups[by] = {name: _aggregate([samples[i] for i in idx]) for name, idx in slices(samples, by).items()}
     return groups, fidelity

@@ -4,7 +4,9 @@ It reads what the run folder holds (:class:`~persona_pipeline.core.runs.RunDir`)
 the resolved ``config.yaml`` (LoRA settings) and ``train_summary.json``, which
 every trained run has (missing or unreadable is an error), the eval and the
 baseline eval ("not evaluated yet" only when that eval folder does not exist),
-the GGUF files and their ``check-<QUANT>.json`` ("not checked" when absent).
+the GGUF files and their ``check-<QUANT>.json`` ("not checked" when absent); and
+the data's provenance shares from the ``stats.json`` that ``make data`` wrote
+beside the training data ("not available" when the data was not built by it).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import yaml
 from persona_pipeline.core.config import Config
 from persona_pipeline.core.errors import PipelineError
 from persona_pipeline.core.prompt_format import STOP, escape_newlines, format_prompt
-from persona_pipeline.core.runs import RunDir, baseline_eval_dir, read_json
+from persona_pipeline.core.runs import DATA_STATS, RunDir, baseline_eval_dir, read_json
 from persona_pipeline.data.personas import persona_systems
 from persona_pipeline.evaluation.report import METRIC_ROWS
 from persona_pipeline.evaluation.results import read_metrics
@@ -72,8 +74,11 @@ def metrics_section(cfg: Config, run: RunDir) -> list[str]:
     t_over, b_over = tuned["overall"], (base or {}).get("overall") or {}
     n = (tuned.get("eval_set") or {}).get("n_evaluated", t_over.get("n"))
     gen = tuned.get("generation") or {}
+    cont = (tuned.get("eval_set") or {}).get("containment")
+    overlap = (f"{cont['references_sharing_run']} of {cont['n']} reference answers share a run of {cont['run_words']} "
+               "words with a training answer" if cont else "its overlap with the training answers was not measured")
     lines += [
-        f"Held-out eval set of {n} questions (never seen in training), "
+        f"Held-out eval set of {n} questions ({overlap}), "
         f"{'sampling' if gen.get('do_sample') else 'greedy decoding'}, at most {gen.get('max_new_tokens', '?')} new tokens. "
         "The baseline is the un-tuned base model with the same prompts.",
         "",
@@ -92,6 +97,20 @@ def metrics_section(cfg: Config, run: RunDir) -> list[str]:
         for name, g in per.items():
             lines.append(f"| {name} | {_num(g.get('n'))} | " + " | ".join(_num(g.get(k)) for k, _ in keys) + " |")
     return lines + [""]
+
+
+def _provenance(cfg: Config, run_config: dict[str, Any]) -> str:
+    """Shares of real quotes / quote-derived / invented records, from ``stats.json`` beside the training data."""
+    train = (run_config.get("data") or {}).get("train") or cfg.data.train
+    path = cfg.resolve(train).parent / DATA_STATS
+    if not path.is_file():  # data supplied by hand, not built by `make data`
+        return f"not available (no {DATA_STATS} beside the training data; `make data` writes it)"
+    share = read_json(path, written_by="make data").get("origin_share")
+    if not isinstance(share, dict) or not share:
+        return f"not available ({path} has no origin shares; re-run `make data`)"
+    return (f"{share.get('quote', 0):.1%} real quotes from the documentary transcripts, "
+            f"{share.get('quote_derived', 0):.1%} derived from quotes (rephrased quotes, answers from transcript-sourced facts), "
+            f"{share.get('invented', 0):.1%} invented for this project (facts and deflections without a transcript source)")
 
 
 def _bash_quote(text: str) -> str:
@@ -168,8 +187,8 @@ def build_model_card(
         f"tokens seen: {_num(summary.get('tokens_seen'))}, trainable parameters: {_num(summary.get('trainable_parameters'))}",
         f"- eval loss: {_num(summary.get('base_eval_loss'))} before training, {_num(summary.get('final_eval_loss'))} after",
         f"- data: {_num(samples.get('train'))} training and {_num(samples.get('eval'))} held-out samples "
-        "(question/answer pairs in each persona's voice, generated from the personas' public statements; "
-        "the data itself is private and not published)",
+        "(question/answer pairs in each persona's voice; the data itself is private and not published)",
+        f"- data provenance: {_provenance(cfg, rc)}",
     ]
     lines += [""] + metrics_section(cfg, run_dir)
     load = (f'from transformers import AutoModelForCausalLM, AutoTokenizer\n\n'
@@ -193,6 +212,7 @@ def build_model_card(
     ]
     lines += _gguf_section(run_dir, repo_id, subfolder, gguf_files, example)
     lines += ["## Limitations", "",
-              "The model imitates how these people speak about their own work; it can state things they never said. "
+              "The model imitates how these people speak about their own work; it can state things they never said "
+              "(see the data provenance above: most facts in the data were written for this project). "
               "Do not present its answers as quotes.", ""]
     return "\n".join(lines)

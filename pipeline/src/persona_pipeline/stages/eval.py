@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 import time
+from typing import Any
 
 from persona_pipeline.core.config import Config
 from persona_pipeline.core.errors import DataError
@@ -22,6 +23,7 @@ from persona_pipeline.core.modeling import device
 from persona_pipeline.core.records import is_encrypted, persona_of, read_dataset, read_eval_set
 from persona_pipeline.core.runs import BASELINES_DIR, LATEST, EvalDir, RunDir
 from persona_pipeline.data.personas import load_personas
+from persona_pipeline.data.split import RUN_WORDS, containment
 from persona_pipeline.evaluation.embeddings import load_embedder
 from persona_pipeline.evaluation.generation import GenerationSettings, generate, load_eval_model, set_eval_threads
 from persona_pipeline.evaluation.report import COLUMNS, fmt
@@ -37,6 +39,12 @@ def output_dir(cfg: Config, run: str | None) -> tuple[RunDir | None, EvalDir]:
         return None, EvalDir(cfg.outputs_dir / BASELINES_DIR / cfg.name)
     run_dir = RunDir.resolve(cfg.runs_dir, run)
     return run_dir, run_dir.eval_baseline if cfg.eval.source == "base" else run_dir.eval
+
+
+def _containment(train_records: list[dict], samples: list[dict]) -> dict[str, Any]:
+    """How many evaluated references share a run of 8 words with a training answer (what "held out" means here)."""
+    found = containment([r["completion"] for r in train_records], [s["reference"] for s in samples])
+    return {"run_words": RUN_WORDS, "references_sharing_run": sum(c.share > 0 for c in found), "n": len(found)}
 
 
 def evaluate(cfg: Config, run_dir: RunDir | None, out: EvalDir) -> dict:
@@ -70,6 +78,7 @@ def evaluate(cfg: Config, run_dir: RunDir | None, out: EvalDir) -> dict:
             "index": i,
             "persona": persona_of(r),
             "kind": r.get("meta", {}).get("kind"),
+            "origin": r.get("meta", {}).get("origin"),
             "line": r.get("meta", {}).get("line"),
             "prompt": r["prompt"],
             "reference": r["completion"].strip(),
@@ -90,7 +99,8 @@ def evaluate(cfg: Config, run_dir: RunDir | None, out: EvalDir) -> dict:
         "model": model_desc,
         "run_dir": str(run_dir.path) if run_dir else None,
         "eval_set": {"path": str(eval_path), "sha256": eval_sha, "n_records": len(records), "n_evaluated": len(chosen),
-                     "prompts_sha256": prompts_digest([(s["prompt"], s["reference"]) for s in samples])},
+                     "prompts_sha256": prompts_digest([(s["prompt"], s["reference"]) for s in samples]),
+                     "containment": _containment(train_records, samples)},
         "train_set": {"path": str(train_path), "sha256": train_sha, "n_records": len(train_records)},
         "generation": {**settings.to_dict(), "batch_size": cfg.eval.batch_size},
         **groups,
