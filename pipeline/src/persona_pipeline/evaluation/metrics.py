@@ -61,12 +61,3 @@ def length_stats(answers: Sequence[str], runaway: Sequence[bool]) -> dict[str, f
         "empty_rate": sum(1 for a in answers if not a.strip()) / n,
         "runaway_rate": sum(1 for r in runaway if r) / n,
     }
-
-
-def overlap_metrics(predictions: Sequence[str], references: Sequence[str], per_sample: list[dict] | None = None) -> dict[str, float]:
-    """Mean ROUGE F1s and corpus BLEU over a set of samples."""
-    per_sample = per_sample if per_sample is not None else rouge_per_sample(predictions, references)
-    n = len(per_sample)
-    out = {k: (sum(s[k] for s in per_sample) / n if n else 0.0) for k in ROUGE_TYPES}
-    out["bleu"] = corpus_bleu(predictions, references)
-    return out

@@ -28,9 +28,8 @@ def select_samples(records: list[Record], personas: list[str], max_samples: int 
             by[persona_of(r)].append(i)
     missing = [n for n, idx in by.items() if not idx]
     if missing:
-        found = sorted({str(persona_of(r)) for r in records})
         raise DataError(
-            f"{source}: no eval samples for persona(s) {', '.join(missing)} named in eval.personas (the file has: {', '.join(found)})",
+            f"{source}: no eval samples for persona(s) {', '.join(missing)} named in eval.personas",
             hint="regenerate the data with `make data`, or set eval.personas to the personas the eval set covers",
         )
     chosen = sorted(i for idx in by.values() for i in idx)

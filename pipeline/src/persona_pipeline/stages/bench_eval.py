@@ -1,7 +1,7 @@
 """``make bench-eval``: the same eval prompts generated one at a time (the reference loop) and batched.
 
 Both variants run in one process on the same model with greedy decoding, one
-after the other, ``eval.bench_repeats`` times; medians are reported. Greedy
+after the other, ``--repeats`` times; medians are reported. Greedy
 outputs must be identical (batching is an optimisation, not a change of
 model). The model is the latest run's (adapter merged in memory) when there
 is one, else the base model. Writes ``outputs/bench/bench_eval.json``.
@@ -44,11 +44,10 @@ def _model_for_bench(cfg: Config):
     return load_eval_model(cfg, run_dir)
 
 
-def benchmark(cfg: Config) -> dict:
+def benchmark(cfg: Config, *, samples: int = 32, repeats: int = 3) -> dict:
     """Run the benchmark and write ``outputs/bench/bench_eval.json``; returns its content."""
     records, sha = read_eval_set(cfg)
-    n = cfg.eval.bench_samples
-    chosen = select_samples(records, cfg.eval.personas, n, str(cfg.resolve(cfg.data.eval)))
+    chosen = select_samples(records, cfg.eval.personas, samples, str(cfg.resolve(cfg.data.eval)))
     prompts = [r["prompt"] for r in chosen]
     model, tokenizer, desc = _model_for_bench(cfg)
     settings = replace(GenerationSettings.from_config(cfg), do_sample=False)
@@ -66,7 +65,7 @@ def benchmark(cfg: Config) -> dict:
         times[key].append(time.perf_counter() - t)
         return out
 
-    for rep in range(cfg.eval.bench_repeats):
+    for rep in range(repeats):
         seq = timed("one_at_a_time", settings, 1, f"one at a time ({rep + 1})")
         bat = timed("batched", settings, bs, f"batched {bs} ({rep + 1})")
         timed("prefill_one_at_a_time", prefill, 1, f"prompt pass, one at a time ({rep + 1})")
@@ -97,7 +96,7 @@ def benchmark(cfg: Config) -> dict:
         "new_tokens": new_tokens,
         "new_tokens_mean": new_tokens / len(bat),
         "runaway": sum(g.runaway for g in bat),
-        "repeats": cfg.eval.bench_repeats,
+        "repeats": repeats,
         "seconds": times,
         "identical_outputs": same,
         "summary": {
@@ -119,9 +118,9 @@ def benchmark(cfg: Config) -> dict:
     return result
 
 
-def run(cfg: Config) -> int:
+def run(cfg: Config, *, samples: int = 32, repeats: int = 3) -> int:
     set_eval_threads(cfg)
-    res = benchmark(cfg)
+    res = benchmark(cfg, samples=samples, repeats=repeats)
     s = res["summary"]
     print(f"bench-eval: {res['prompts']} prompts, batch {res['batch_size']}, {res['device']}, {res['threads']} threads -> {res['path']}")
     print(f"  one at a time {s['one_at_a_time_s']}s, batched {s['batched_s']}s: {s['speedup_batched_vs_one_at_a_time']}x "

@@ -146,7 +146,7 @@ def _cpu_peak_memory(cfg: Config, batch_samples: list[list[dict]]) -> dict[str, 
     return out
 
 
-def bench(cfg: Config, *, memory: bool = True, command: str | None = None) -> dict[str, Any]:
+def bench(cfg: Config, *, steps: int = 8, repeats: int = 3, memory: bool = True, command: str | None = None) -> dict[str, Any]:
     """Run the benchmark, write ``outputs/bench/bench_train.json`` and return its content.
 
     ``command`` is recorded as the way to reproduce the figures (default: the make target).
@@ -156,7 +156,7 @@ def bench(cfg: Config, *, memory: bool = True, command: str | None = None) -> di
         torch.set_num_threads(cfg.train.num_threads)
     tok = load_tokenizer(bcfg)
     ts = load_tokenized(bcfg, "train", tokenizer=tok)
-    steps, repeats, bs = cfg.train.bench_steps, cfg.train.bench_repeats, cfg.train.batch_size
+    bs = cfg.train.batch_size
     index_batches = pick_batches(ts.lengths, bs, steps + 1, cfg.seed)  # +1: an untimed warm-up step
     sample_batches = [[ts.samples[i] for i in b] for b in index_batches]
     collators = _collators(tok.pad_token_id, cfg.data.max_length)
@@ -268,10 +268,11 @@ def _config_arg(cfg: Config) -> str:
         return str(cfg.source_file)
 
 
-def run(cfg: Config, *, overrides: tuple[str, ...] = ()) -> int:
+def run(cfg: Config, *, steps: int = 8, repeats: int = 3, overrides: tuple[str, ...] = ()) -> int:
     overrides = " ".join(overrides)
-    command = f"make bench-train TRAIN_CONFIG={_config_arg(cfg)}" + (f" ARGS='{overrides}'" if overrides else "")
-    res = bench(cfg, command=command)
+    command = (f"make bench-train TRAIN_CONFIG={_config_arg(cfg)} BENCH_ARGS='--steps {steps} --repeats {repeats}'"
+               + (f" ARGS='{overrides}'" if overrides else ""))
+    res = bench(cfg, steps=steps, repeats=repeats, command=command)
     s, v = res["summary"], res["variants"]
     print(f"bench-train ({res['settings']['device']}, batch {res['settings']['batch_size']}, "
           f"{res['settings']['timed_steps']} steps x {res['settings']['repeats']} repeats, medians):")

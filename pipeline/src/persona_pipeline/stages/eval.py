@@ -56,10 +56,19 @@ def evaluate(cfg: Config, run_dir: RunDir | None, out: EvalDir) -> dict:
     chosen = select_samples(records, cfg.eval.personas, cfg.eval.max_samples, str(eval_path))
     train_records, train_sha = read_dataset(cfg, train_path)
     personas = load_personas(cfg)
+    persona_dir = cfg.resolve(cfg.generate.personas_dir)
     unknown = [n for n in cfg.eval.personas if n not in personas]
     if unknown:
-        raise DataError(f"eval.personas names {', '.join(unknown)}, which has no file in {cfg.resolve(cfg.generate.personas_dir)}",
+        raise DataError(f"eval.personas names {', '.join(unknown)}, which has no file in {persona_dir}",
                         hint="fix eval.personas or add the persona file")
+    # Line numbers only: a name that no persona file defines is record content, not configuration.
+    strays = [str(r["meta"].get("line")) for r in records if persona_of(r) not in personas]
+    if strays:
+        raise DataError(
+            f"{eval_path}: {len(strays)} record(s) name a persona that has no file in {persona_dir} "
+            f"(lines {', '.join(strays[:10])}{', ...' if len(strays) > 10 else ''})",
+            hint=f"known personas: {', '.join(sorted(personas))}; add the persona file or regenerate the data with `make data`",
+        )
     embedder, emb_status = load_embedder(cfg, str(device()))
     if not emb_status.available:
         print(f"notice: {emb_status.notice}")
