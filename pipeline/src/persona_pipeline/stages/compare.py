@@ -153,11 +153,13 @@ def render_chart(tuned: dict, paired: dict[str, Any], path: Path) -> None:
     groups = [("overall", paired["overall"])] + [(name, m) for by in ("per_origin", "per_persona") for name, m in paired[by].items()]
     keys = [k for k in CHART_METRICS if k in paired["overall"]]
     labels = {k: lab for k, lab, _ in METRIC_ROWS}
+    cols = 3
+    rows = (len(keys) + cols - 1) // cols
     # A bare Figure (no pyplot): no GUI backend, no global figure state to close.
-    fig = Figure(figsize=(4.4 * len(keys), 3.6))
-    axes = fig.subplots(1, len(keys), squeeze=False)
+    fig = Figure(figsize=(4.6 * cols, 3.4 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
     x = np.arange(len(groups))
-    for ax, key in zip(axes.flat, keys, strict=True):
+    for ax, key in zip(axes.flat, keys, strict=False):  # spare panels (more axes than metrics) are switched off below
         for side, dx, color in (("baseline", -0.2, "#9aa5b1"), ("fine_tuned", 0.2, "#2f6fb3")):
             es = [m.get(key) for _, m in groups]
             mean = np.array([e[side] if e else np.nan for e in es])
@@ -168,9 +170,12 @@ def render_chart(tuned: dict, paired: dict[str, Any], path: Path) -> None:
                 ax.annotate(MARKS[m[key]["verdict"]], (i, 1.02), xycoords=("data", "axes fraction"), ha="center", fontsize=11)
         ax.set_title(labels[key] + (" (lower is better)" if key.endswith("_rate") else ""), fontsize=10, pad=14)
         ax.set_xticks(x, [g for g, _ in groups], fontsize=8, rotation=30)
-        if key != "words_mean":
+        if key.endswith(("_rate", "_match")):  # shares: the whole 0-1 scale; scores and lengths: their own
             ax.set_ylim(0, 1.0)
+        ax.axhline(0, color="black", linewidth=0.6)
         ax.grid(axis="y", alpha=0.3)
+    for ax in list(axes.flat)[len(keys):]:
+        ax.axis("off")
     axes.flat[0].legend(fontsize=8)
     fig.suptitle(f"{tuned['config']}: baseline vs fine-tuned on {tuned['eval_set']['n_evaluated']} held-out samples "
                  "(bars: 95 % intervals; ✓/✗: the paired change excludes 0)", fontsize=10)
