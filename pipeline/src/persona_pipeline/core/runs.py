@@ -132,6 +132,11 @@ class RunDir:
         return self.path / "compare"
 
     @property
+    def comparison(self) -> Path:
+        """``compare/comparison.json``: the paired changes with their intervals."""
+        return self.compare / "comparison.json"
+
+    @property
     def gguf(self) -> Path:
         return self.path / "gguf"
 

@@ -84,3 +84,19 @@ def render_report(m: dict) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- paired changes (compare, model card)
+
+
+MARKS = {"better": "✓", "worse": "✗", "no clear change": "≈", None: ""}
+
+
+def ci_text(v: float, ci: list[float], signed: bool = False) -> str:
+    f = "{:+.3f}" if signed else "{:.3f}"
+    return f"{f.format(v)} [{f.format(ci[0])}, {f.format(ci[1])}]"
+
+
+def change_text(e: dict[str, Any]) -> str:
+    """``change [CI] mark`` of a :func:`_paired_metrics` entry (also used by the model card)."""
+    return f"{ci_text(e['change'], e['change_ci'], True)} {MARKS[e['verdict']]}".rstrip()

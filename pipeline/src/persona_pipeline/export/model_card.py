@@ -23,7 +23,7 @@ from persona_pipeline.core.errors import PipelineError
 from persona_pipeline.core.prompt_format import STOP, escape_newlines, format_prompt
 from persona_pipeline.core.runs import DATA_STATS, RunDir, baseline_eval_dir, read_json
 from persona_pipeline.data.personas import persona_systems
-from persona_pipeline.evaluation.report import METRIC_ROWS
+from persona_pipeline.evaluation.report import METRIC_ROWS, change_text
 from persona_pipeline.evaluation.results import read_metrics
 
 NOT_YET = "not evaluated yet"
@@ -80,15 +80,28 @@ def metrics_section(cfg: Config, run: RunDir) -> list[str]:
     lines += [
         f"Held-out eval set of {n} questions ({overlap}), "
         f"{'sampling' if gen.get('do_sample') else 'greedy decoding'}, at most {gen.get('max_new_tokens', '?')} new tokens. "
-        "The baseline is the un-tuned base model with the same prompts.",
+        "The baseline is the un-tuned base model with the same prompts. Change: fine-tuned minus baseline with its "
+        "95 % paired-bootstrap interval over the prompts (`make compare`); ✓ / ✗ only when the interval excludes 0.",
         "",
-        "| metric | baseline | fine-tuned |",
-        "|---|---:|---:|",
+        "| metric | baseline | fine-tuned | change |",
+        "|---|---:|---:|---:|",
     ]
+    # "Not compared yet" only when compare never ran (no compare/ folder); a damaged file is an error.
+    paired = read_json(run.comparison, written_by="make compare").get("paired") or {} if run.compare.is_dir() else {}
+    over = paired.get("overall") or {}
     for key, label, _ in METRIC_ROWS:
         if t_over.get(key) is None and b_over.get(key) is None:
             continue
-        lines.append(f"| {label} | {_num(b_over.get(key)) if base else NOT_YET} | {_num(t_over.get(key))} |")
+        change = change_text(over[key]) if key in over else ("no interval" if paired else "not compared yet (`make compare`)")
+        lines.append(f"| {label} | {_num(b_over.get(key)) if base else NOT_YET} | {_num(t_over.get(key))} | {change} |")
+    origin = paired.get("per_origin") or {}
+    if origin:
+        keys = [(k, label) for k, label, _ in METRIC_ROWS if k in ("rougeL", "semantic_similarity", "persona_match")]
+        lines += ["", "Change by origin of the reference (real transcript quotes vs generated):", "",
+                  "| origin | n | " + " | ".join(label for _, label in keys) + " |", "|---|---:|" + "---:|" * len(keys)]
+        for name, m in origin.items():
+            n_slice = next(iter(m.values()))["n"] if m else 0
+            lines.append(f"| {name} | {n_slice} | " + " | ".join(change_text(m[k]) if k in m else "n/a" for k, _ in keys) + " |")
     per = tuned.get("per_persona") or {}
     if per:
         keys = [(k, label) for k, label, _ in METRIC_ROWS if k in ("rougeL", "bleu", "persona_match", "blend_rate")]

@@ -28,7 +28,7 @@ from persona_pipeline.core.errors import PipelineError
 from persona_pipeline.core.fsutil import atomic_dir, atomic_write_text
 from persona_pipeline.core.runs import RunDir, baseline_eval_dir, read_json
 from persona_pipeline.evaluation.intervals import N_BOOT, PER_SAMPLE, mean_interval, paired_difference, slices, values
-from persona_pipeline.evaluation.report import METRIC_ROWS, fmt
+from persona_pipeline.evaluation.report import MARKS, METRIC_ROWS, change_text, ci_text, fmt
 from persona_pipeline.evaluation.results import load_eval
 from persona_pipeline.evaluation.scoring import CONTRASTIVE
 
@@ -42,7 +42,6 @@ SLICE_GROUPS = ["per_origin", "per_persona", "per_kind"]
 RUNS_HEADING = "## Runs (eval split by source, 95 % intervals)"
 LOG_COLUMNS = ["date", "run", "config", "train / eval", "epochs", "eval set", "ROUGE-L real", "ROUGE-L generated",
                "sem. sim. real", "sem. sim. generated", "persona match", "blend", "runaway", "words (mean)"]
-MARKS = {"better": "✓", "worse": "✗", "no clear change": "≈", None: ""}
 
 
 def _check_same_set(base: dict, tuned: dict, base_dir: Path, tuned_dir: Path) -> None:
@@ -93,14 +92,9 @@ def paired_comparison(base_preds: list[dict], tuned_preds: list[dict]) -> dict[s
     return out
 
 
-def _ci(v: float, ci: list[float], signed: bool = False) -> str:
-    f = "{:+.3f}" if signed else "{:.3f}"
-    return f"{f.format(v)} [{f.format(ci[0])}, {f.format(ci[1])}]"
-
-
 def _cell(e: dict[str, Any]) -> str:
     """``base → tuned, change [CI] mark`` for the slice table and the log."""
-    return f"{e['baseline']:.3f} → {e['fine_tuned']:.3f}, {_ci(e['change'], e['change_ci'], True)} {MARKS[e['verdict']]}".rstrip()
+    return f"{e['baseline']:.3f} → {e['fine_tuned']:.3f}, {change_text(e)}"
 
 
 def render_table(base: dict, tuned: dict, paired: dict[str, Any]) -> str:
@@ -117,6 +111,8 @@ def render_table(base: dict, tuned: dict, paired: dict[str, Any]) -> str:
         f"- fine-tuned: `{tuned['model'].get('adapter') or tuned['model']['model']}` ({tuned['created']})",
         f"- [low, high]: 95 % percentile bootstrap over the prompts ({N_BOOT} resamples); a change's interval is a paired "
         "bootstrap. ✓ better / ✗ worse only when the change's interval excludes 0; ≈ no clear change.",
+        f"- persona match reads against the persona classifier's accuracy on the references: "
+        f"{fmt(tuned['fidelity']['tfidf']['accuracy'], True)} (its ceiling)",
         "",
         "| metric | baseline | fine-tuned | change | |",
         "|---|---:|---:|---:|---|",
@@ -125,8 +121,9 @@ def render_table(base: dict, tuned: dict, paired: dict[str, Any]) -> str:
     for key, label, _ in METRIC_ROWS:
         if key in over:
             e = over[key]
-            lines.append(f"| {label} | {_ci(e['baseline'], e['baseline_ci'])} | {_ci(e['fine_tuned'], e['fine_tuned_ci'])} "
-                         f"| {_ci(e['change'], e['change_ci'], True)} | {MARKS[e['verdict']]} {e['verdict'] or '—'} |".replace("|  ", "| "))
+            row = (f"| {label} | {ci_text(e['baseline'], e['baseline_ci'])} | {ci_text(e['fine_tuned'], e['fine_tuned_ci'])} "
+                   f"| {ci_text(e['change'], e['change_ci'], True)} | {MARKS[e['verdict']]} {e['verdict'] or '—'} |")
+            lines.append(row.replace("|  ", "| "))
         elif base["overall"].get(key) is not None or tuned["overall"].get(key) is not None:
             b, t = base["overall"].get(key), tuned["overall"].get(key)
             change = "n/a" if b is None or t is None else f"{t - b:+.3f}"
@@ -267,7 +264,7 @@ def compare(cfg: Config, run: RunDir) -> dict:
     with atomic_dir(out) as tmp:
         (tmp / "comparison.md").write_text(render_table(base, tuned, paired), encoding="utf-8")
         render_chart(tuned, paired, tmp / "comparison.png")
-        (tmp / "comparison.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        (tmp / run.comparison.name).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     log_path = cfg.resolve(cfg.paths.training_log)
     row = log_row(cfg, run, tuned, paired)
     append_log_row(log_path, row, row.split(" | ")[1])
