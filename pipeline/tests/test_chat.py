@@ -102,7 +102,7 @@ def test_streamed_answers_equal_batched_eval_generation(chat_run):
     assert "adapter of run" in desc
     prompts = [r["prompt"] for r in persona_records(3, 7)]
     reference = generate(backend.model, backend.tokenizer, prompts, backend.settings, batch_size=4, progress=False)
-    for prompt, ref in zip(prompts, reference):
+    for prompt, ref in zip(prompts, reference, strict=True):
         chunks = list(backend.stream(prompt))
         assert "".join(chunks).strip() == ref.text and ref.text
         stats = backend.last_stats

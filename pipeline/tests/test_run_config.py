@@ -6,9 +6,9 @@ import json
 import subprocess
 
 from conftest import CONFIGS, PIPELINE
-from test_merge import save_random_adapter
 from persona_pipeline.cli import main
 from persona_pipeline.core.config import dump_config, load_config
+from test_merge import save_random_adapter
 
 
 def _trained_run(tmp_path, tiny_model_dir):

@@ -10,14 +10,13 @@ same training data as the run; otherwise it is an error naming both.
 from __future__ import annotations
 
 import logging
+
 from persona_pipeline.core.config import Config, load_config
 from persona_pipeline.core.errors import ConfigError, PipelineError
 from persona_pipeline.core.modeling import model_location
-from persona_pipeline.core.runs import resolve_run
+from persona_pipeline.core.runs import RunDir
 
 log = logging.getLogger(__name__)
-
-RUN_CONFIG = "config.yaml"
 
 
 def _identity(cfg: Config) -> dict[str, str]:
@@ -35,17 +34,17 @@ def config_for_run(cfg: Config, run: str | None, overrides: list[str], *, explic
     without a saved config (or no run at all) keeps ``cfg``; the stage reports a missing run itself.
     """
     try:
-        run_dir = resolve_run(cfg.runs_dir, run)
+        run_dir = RunDir.resolve(cfg.runs_dir, run)
     except PipelineError:
         return cfg
-    saved = run_dir / RUN_CONFIG
+    saved = run_dir.config
     if not saved.is_file():
         return cfg
     try:
         # Compared as saved (a key=value override of the model or data is checked too), used with the overrides.
         run_cfg = load_config(saved, [] if explicit else overrides)
     except ConfigError as exc:  # e.g. written by an older version that redacted eval.max_new_tokens
-        log.warning("run %s: its %s cannot be used (%s); using %s", run_dir.name, RUN_CONFIG, str(exc).splitlines()[0], cfg.source_file)
+        log.warning("run %s: its %s cannot be used (%s); using %s", run_dir.name, saved.name, str(exc).splitlines()[0], cfg.source_file)
         return cfg
     # The saved file's relative paths (outputs/, data/...) mean the same folders as when it was written.
     run_cfg.root = cfg.root

@@ -11,9 +11,9 @@ from __future__ import annotations
 import codecs
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch

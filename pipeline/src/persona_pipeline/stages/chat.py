@@ -21,12 +21,10 @@ from typing import TextIO
 from persona_pipeline.core.config import Config
 from persona_pipeline.core.errors import ConfigError, PipelineError
 from persona_pipeline.core.prompt_format import PromptTooLong, fit_prompt
-from persona_pipeline.core.runs import resolve_run
+from persona_pipeline.core.runs import RunDir
 from persona_pipeline.data.personas import Persona, load_personas
-from persona_pipeline.evaluation.generation import GenerationSettings, set_eval_threads
+from persona_pipeline.evaluation.generation import GenerationSettings, load_eval_model, set_eval_threads
 from persona_pipeline.inference.streaming import LlamaCppBackend, TransformersBackend
-from persona_pipeline.stages.eval import load_eval_model
-from persona_pipeline.stages.gguf import gguf_path
 
 BACKENDS = ("transformers", "llamacpp")
 COMMANDS = "/persona NAME switches persona (and starts over), /reset forgets the conversation, /quit leaves"
@@ -56,13 +54,13 @@ def open_backend(cfg: Config, run: str, backend: str, settings: GenerationSettin
     if backend not in BACKENDS:
         raise ConfigError(f"BACKEND must be one of {', '.join(BACKENDS)}, got {backend!r}")
     source = cfg.eval.source
-    run_dir = None if source == "base" else resolve_run(cfg.runs_dir, run)
+    run_dir = None if source == "base" else RunDir.resolve(cfg.runs_dir, run)
     if backend == "llamacpp":
         if run_dir is None:
             raise ConfigError("BACKEND=llamacpp runs the run's GGUF; eval.source=base has none",
                               hint="use the transformers backend for the base model")
         quant = cfg.gguf.quant.upper()
-        path = gguf_path(cfg, run_dir, quant)
+        path = run_dir.gguf_file(cfg.name, quant)
         if not path.is_file():
             raise PipelineError(f"no {quant} GGUF in run {run_dir.name} ({path})",
                                 hint=f"create it with `make gguf RUN={run_dir.name} QUANT={quant}`, or pick QUANT=...")
@@ -122,7 +120,8 @@ def _setup(cfg: Config, run: str, persona: str | None, backend: str, temperature
     settings = decoding(cfg, temperature)
     budget = cfg.data.max_length - settings.max_new_tokens
     if budget <= 0:
-        raise ConfigError(f"eval.max_new_tokens ({settings.max_new_tokens}) leaves no room for a prompt in data.max_length ({cfg.data.max_length})")
+        raise ConfigError(f"eval.max_new_tokens ({settings.max_new_tokens}) leaves no room for a prompt "
+                          f"in data.max_length ({cfg.data.max_length})")
     engine, desc = open_backend(cfg, run, backend, settings)
     mode = f"sampling at temperature {settings.temperature:g}, top-p {settings.top_p:g}" if settings.do_sample else "greedy"
     return personas, chosen, settings, budget, engine, f"{desc}, {mode}, config {cfg.name}"

@@ -18,7 +18,7 @@ from typing import Any
 from persona_pipeline.core.config import Config
 from persona_pipeline.core.errors import PipelineError
 from persona_pipeline.core.fsutil import atomic_write_text
-from persona_pipeline.core.runs import LATEST
+from persona_pipeline.core.runs import BASELINES_DIR, LATEST, RunDir
 from persona_pipeline.evaluation.report import fmt
 
 LEADERBOARD = "leaderboard.md"
@@ -49,11 +49,12 @@ def evaluated(outputs: Path) -> list[tuple[str, Path]]:
     """(label, metrics.json) of every evaluation under ``outputs``."""
     found: list[tuple[str, Path]] = []
     runs = outputs / "runs"
-    for run in sorted(p for p in runs.iterdir() if p.is_dir() and not p.is_symlink() and p.name != LATEST) if runs.is_dir() else []:
-        for sub, suffix in (("eval", ""), ("eval_baseline", " (baseline)")):
-            if (run / sub / "metrics.json").is_file():
-                found.append((run.name + suffix, run / sub / "metrics.json"))
-    base = outputs / "baselines"
+    for path in sorted(p for p in runs.iterdir() if p.is_dir() and not p.is_symlink() and p.name != LATEST) if runs.is_dir() else []:
+        run = RunDir(path)
+        for evals, suffix in ((run.eval, ""), (run.eval_baseline, " (baseline)")):
+            if evals.metrics.is_file():
+                found.append((run.name + suffix, evals.metrics))
+    base = outputs / BASELINES_DIR
     for folder in sorted(base.iterdir()) if base.is_dir() else []:
         if (folder / "metrics.json").is_file():
             found.append((f"{folder.name} (baseline, no run)", folder / "metrics.json"))
