@@ -13,8 +13,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from persona_pipeline.core.config import Config
-from persona_pipeline.core.modeling import model_location
+from persona_pipeline.core.config import Config, model_location
 from persona_pipeline.stages import by_name, resolve
 
 # stage -> what it reads that a fresh clone does not have

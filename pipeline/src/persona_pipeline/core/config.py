@@ -240,6 +240,15 @@ class Config:
 
 
 
+def model_location(cfg: Config, name_or_path: str | None = None) -> str:
+    """A local folder (resolved against the pipeline root) or the Hub id unchanged; no heavy import (the CLI uses it)."""
+    name = name_or_path or cfg.model.name_or_path
+    local = cfg.resolve(name)
+    if local.exists() or name.startswith((".", "/", "~")) or name.startswith("outputs/"):
+        return str(local)
+    return name
+
+
 def find_root(config_path: Path) -> Path:
     """The pipeline root: the nearest ancestor of the config holding pyproject.toml, else the cwd."""
     for parent in config_path.resolve().parents:

@@ -18,20 +18,11 @@ from huggingface_hub import try_to_load_from_cache
 from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
-from persona_pipeline.core.config import Config
+from persona_pipeline.core.config import Config, model_location
 from persona_pipeline.core.errors import PipelineError
 from persona_pipeline.core.runs import RunDir
 
 log = logging.getLogger(__name__)
-
-
-def model_location(cfg: Config, name_or_path: str | None = None) -> str:
-    """A local folder (resolved against the pipeline root) or the Hub id unchanged."""
-    name = name_or_path or cfg.model.name_or_path
-    local = cfg.resolve(name)
-    if local.exists() or name.startswith((".", "/", "~")) or name.startswith("outputs/"):
-        return str(local)
-    return name
 
 
 def ensure_available(cfg: Config, name_or_path: str | None = None) -> str:

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import logging
 
-from persona_pipeline.core.config import Config, load_config
+from persona_pipeline.core.config import Config, load_config, model_location
 from persona_pipeline.core.errors import ConfigError, PipelineError
-from persona_pipeline.core.modeling import model_location
 from persona_pipeline.core.runs import RunDir
 
 log = logging.getLogger(__name__)
