@@ -35,7 +35,6 @@ def chat_run(tmp_path_factory, tiny_model_dir):
         "eval.max_new_tokens=24",
         "eval.num_threads=1",
         "gguf.threads=1",
-        "gguf.auto_install=false",
     ]
     cfg = load_config(CONFIGS / "eval_tiny.yaml", overrides)
     run_dir = new_run_dir(cfg.runs_dir, "chat")
@@ -203,14 +202,15 @@ def test_chat_in_a_pseudo_terminal(chat_run):
 @needs_llamacpp
 def test_llamacpp_backend_on_the_runs_gguf_matches_transformers(chat_run):
     """BACKEND=llamacpp on the run's F16 GGUF: greedy answers equal the merged model's through transformers."""
+    from persona_pipeline.core.runs import RunDir
     from persona_pipeline.stages.chat import decoding, open_backend
     from persona_pipeline.stages.gguf import export_gguf
     from persona_pipeline.stages.merge import merge
 
     overrides, run_dir = chat_run
     cfg = _cfg(overrides, "gguf.quant=F16", "eval.source=merged")
-    merge(cfg, run_dir)
-    export_gguf(cfg, run_dir, "F16")
+    merge(cfg, RunDir(run_dir))
+    export_gguf(cfg, RunDir(run_dir), "F16")
     hf, hf_desc = open_backend(cfg, "latest", "transformers", decoding(cfg, None))
     cpp, cpp_desc = open_backend(cfg, "latest", "llamacpp", decoding(cfg, None))
     assert hf_desc.startswith("merged model of run chat") and cpp_desc == "tiny-F16.gguf via llama.cpp"

@@ -9,7 +9,8 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "persona_pipeline"
 MAX_LINES = 450
 # Layers from the bottom: a module may import its own layer and the layers below it.
-LAYERS = {"core": 0, "data": 1, "training": 1, "evaluation": 1, "export": 1, "stages": 2, "cli": 3, "__main__": 4}
+LAYERS = {"core": 0, "data": 1, "training": 1, "evaluation": 1, "export": 1, "inference": 1, "stages": 2, "prerequisites": 3,
+          "cli": 3, "__main__": 4}
 # The one function-level import: an optional extra that compiles llama.cpp (`make kquants`).
 LAZY_ALLOWED = {("persona_pipeline.export.llamacpp", "llama_cpp")}
 

@@ -18,6 +18,7 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 def test_a_new_persona_file_flows_through_data_eval_modelfiles_and_chat(tmp_path, tiny_model_dir, data_key, capsys):
     from persona_pipeline.core.prompt_format import format_completion, format_prompt
     from persona_pipeline.core.records import write_records
+    from persona_pipeline.core.runs import RunDir
     from persona_pipeline.data.personas import load_persona_file
     from persona_pipeline.stages.gguf import export_gguf
     from persona_pipeline.stages.merge import merge
@@ -29,7 +30,7 @@ def test_a_new_persona_file_flows_through_data_eval_modelfiles_and_chat(tmp_path
         f"generate.personas_dir={personas_dir}", "generate.transcripts=[]", f"generate.output_dir={tmp_path / 'data'}",
         f"data.train={tmp_path / 'data' / 'train.jsonl.enc'}", f"data.eval={tmp_path / 'data' / 'eval.jsonl.enc'}",
         f"paths.outputs={tmp_path / 'outputs'}", f"model.name_or_path={tiny_model_dir}", "train.num_threads=1",
-        "eval.max_new_tokens=16", "eval.embeddings=off", "gguf.auto_install=false",
+        "eval.max_new_tokens=16", "eval.embeddings=off",
     ]
     config = ["--config", str(CONFIGS / "eval_tiny.yaml")]
     # data: the new persona gets training samples (no other edit: eval.personas is unset, so every persona file counts).
@@ -54,8 +55,8 @@ def test_a_new_persona_file_flows_through_data_eval_modelfiles_and_chat(tmp_path
     assert "Mira" in metrics["per_persona"] and metrics["per_persona"]["Mira"]["n"] == 4
     assert "Mira" in metrics["fidelity"]["tfidf"]["per_persona"]
     # Modelfiles: one per persona file.
-    merge(cfg, run_dir)
-    gguf_file = export_gguf(cfg, run_dir, "F16")
+    merge(cfg, RunDir(run_dir))
+    gguf_file = export_gguf(cfg, RunDir(run_dir), "F16")
     assert 'SYSTEM """You are Mira, a beekeeper who keeps forty hives' in (gguf_file.parent / "Modelfile.Mira").read_text()
     # chat: answers as Mira in the training prompt format.
     capsys.readouterr()

@@ -192,9 +192,9 @@ class LlamaCppBackend:
 
     name = "llama.cpp"
 
-    def __init__(self, gguf_file: Path, settings: GenerationSettings, *, n_ctx: int, threads: int | None, auto_install: bool):
+    def __init__(self, gguf_file: Path, settings: GenerationSettings, *, n_ctx: int, threads: int | None):
         self.settings = settings
-        self.llm = LlamaCppModel(gguf_file, n_ctx=n_ctx, threads=threads, auto_install=auto_install)
+        self.llm = LlamaCppModel(gguf_file, n_ctx=n_ctx, threads=threads)
         self.last_stats = StreamStats()
 
     def count_tokens(self, text: str) -> int:

@@ -14,6 +14,7 @@ is just the answers. Nothing is written to disk.
 from __future__ import annotations
 
 import dataclasses
+import readline  # noqa: F401  (loaded for its effect: line editing and history in input())
 import sys
 from pathlib import Path
 from typing import TextIO
@@ -68,7 +69,7 @@ def open_backend(cfg: Config, run: str, backend: str, settings: GenerationSettin
         # gguf.threads, else the eval threads: llama.cpp's spinning threads slowed the tiny model from 1,589 to
         # 3.6 tokens/s when 2 threads shared 2 busy cores (measured), as torch's do.
         threads = cfg.gguf.threads or cfg.eval.num_threads or cfg.train.num_threads
-        llm = LlamaCppBackend(path, settings, n_ctx=n_ctx, threads=threads, auto_install=cfg.gguf.auto_install)
+        llm = LlamaCppBackend(path, settings, n_ctx=n_ctx, threads=threads)
         return llm, f"{path.name} via llama.cpp"
     set_eval_threads(cfg)
     model, tokenizer, desc = load_eval_model(cfg, run_dir)
@@ -151,8 +152,6 @@ def run(cfg: Config, *, run: str = "latest", persona: str | None = None, backend
     """The interactive chat (also reads questions line by line from a pipe)."""
     personas, chosen, _, budget, engine, desc = _setup(cfg, run, persona, backend, temperature)
     interactive = sys.stdin.isatty()
-    if interactive:
-        import readline  # noqa: F401  (line editing and history for input())
     chat = Conversation(engine, chosen, budget, sys.stdout, sys.stderr)
     print(f"[chatting with {chosen.name}: {desc}]\n[{COMMANDS}; Ctrl-D ends]", file=sys.stderr, flush=True)
     while True:
