@@ -29,12 +29,22 @@ def mark_latest(run_dir: Path) -> None:
 
 
 def resolve_run(runs_dir: Path, run: str | None) -> Path:
-    """``latest``, a run name under ``runs_dir``, or a path to a run folder."""
+    """``latest``, a run name under ``runs_dir``, or a path to a run folder inside ``runs_dir``.
+
+    Stages write into the run folder (merge, eval, gguf, ...), so a path that leads anywhere
+    else, by name, ``..`` or a symbolic link, is refused rather than written into.
+    """
     run = run or LATEST
     candidates = [Path(run)] if ("/" in run or Path(run).is_absolute()) else [runs_dir / run]
     for cand in candidates:
         if cand.is_dir():
-            return cand.resolve()
+            found, home = cand.resolve(), runs_dir.resolve()
+            if home not in found.parents:
+                raise PipelineError(
+                    f"RUN={run} is {found}, which is not a run folder inside {home}",
+                    hint="name a run in outputs/runs (e.g. RUN=latest or RUN=20260101-120000), or set paths.outputs",
+                )
+            return found
     existing = sorted(p.name for p in runs_dir.iterdir() if p.is_dir() and p.name != LATEST) if runs_dir.is_dir() else []
     hint = "train one with `make train`" if not existing else "existing runs: " + ", ".join(existing[-5:])
     raise PipelineError(f"run not found: {run} (looked in {runs_dir})", hint=hint)
