@@ -398,7 +398,18 @@ def _load_raw(path: Path, seen: tuple[Path, ...] = ()) -> tuple[dict[str, Any], 
         return data, origin
     if not isinstance(parent, str):
         raise ConfigError(f"{path}: 'extends' must be a file name, got {parent!r}")
-    base, base_origin = _load_raw(path.parent / parent, (*seen, path))
+    target = (path.parent / parent).resolve()
+    # A config builds on the shipped configs or on its own neighbours, never on an arbitrary file
+    # (whose text would end up in error messages and in every run's saved config).
+    allowed = (path.parent, (find_root(path) / "configs").resolve())
+    if not any(folder == target.parent or folder in target.parents for folder in allowed):
+        line = _key_line(path, "extends")
+        raise ConfigError(
+            f"{path}{f':{line}' if line else ''}: extends: {parent!r} is {target}, outside {allowed[1]} "
+            f"and outside this config's folder",
+            hint="extend a config in configs/ (e.g. extends: train_tiny.yaml) or one beside this file",
+        )
+    base, base_origin = _load_raw(target, (*seen, path))
     base_origin.update(origin)
     return _deep_merge(base, data), base_origin
 
