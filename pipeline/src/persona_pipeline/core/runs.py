@@ -2,25 +2,56 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import fcntl
+import os
 from pathlib import Path
+from typing import Iterator
 
 from persona_pipeline.core.errors import PipelineError
 from persona_pipeline.core.fsutil import atomic_symlink
 
 LATEST = "latest"
+# Held (flock) by the process that trains into a run; the kernel drops it when that process dies.
+LOCK_FILE = ".train.lock"
 
 
 def new_run_dir(runs_dir: Path, name: str | None = None) -> Path:
     """Create a fresh, uniquely named run folder (not yet linked as ``latest``)."""
     runs_dir.mkdir(parents=True, exist_ok=True)
     stamp = name or _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    run, n = runs_dir / stamp, 1
-    while run.exists():
-        n += 1
-        run = runs_dir / f"{stamp}-{n}"
-    run.mkdir()
-    return run
+    n = 1
+    while True:
+        run = runs_dir / (stamp if n == 1 else f"{stamp}-{n}")
+        try:
+            run.mkdir()  # the claim itself: of two trainings started in the same second, one gets -2
+            return run
+        except FileExistsError:
+            n += 1
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """Hold the run's training lock; a second trainer of the same run fails at once instead of
+    deleting or overwriting the first one's checkpoints."""
+    path = run_dir / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 100).decode("ascii", "replace").strip() or "another process"
+        os.close(fd)
+        raise PipelineError(
+            f"run {run_dir.name} is being trained by {holder} right now",
+            hint="wait for it to finish (make logs), or start a new run without RESUME",
+        ) from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"process {os.getpid()}".encode("ascii"))
+    try:
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 def mark_latest(run_dir: Path) -> None:

@@ -20,6 +20,7 @@ seeded length-grouped order and the Trainer gives each rank its own share of bat
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -31,7 +32,7 @@ from typing import Any
 from persona_pipeline.core.config import Config, dump_config
 from persona_pipeline.core.errors import PipelineError
 from persona_pipeline.core.fsutil import atomic_dir, atomic_write_json, atomic_write_text
-from persona_pipeline.core.runs import mark_latest, new_run_dir, resolve_run
+from persona_pipeline.core.runs import mark_latest, new_run_dir, resolve_run, run_lock
 
 log = logging.getLogger(__name__)
 
@@ -139,8 +140,10 @@ def _config_drift(run_dir: Path, cfg: Config) -> list[str]:
     return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
 
 
-def _open_run(cfg: Config, resume_dir: Path | None, state) -> Path:
-    """Rank 0 creates (or reuses) the run folder and switches ``latest``; all ranks learn its path."""
+def _open_run(cfg: Config, resume_dir: Path | None, state, locks: contextlib.ExitStack) -> Path:
+    """Rank 0 creates (or reuses) the run folder and switches ``latest``; all ranks learn its path.
+
+    A new run is locked before ``latest`` points at it, so `RESUME=latest` cannot join it."""
     from accelerate.utils import broadcast_object_list
 
     holder: list[Any] = [None]
@@ -149,6 +152,7 @@ def _open_run(cfg: Config, resume_dir: Path | None, state) -> Path:
             run_dir = resume_dir
         else:
             run_dir = new_run_dir(cfg.runs_dir, os.environ.get(RUN_NAME_ENV) or None)
+            locks.enter_context(run_lock(run_dir))
             atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
         mark_latest(run_dir)
         holder[0] = str(run_dir)
@@ -287,7 +291,14 @@ def _summary(cfg, run_dir, trainer, out, base_eval, train_ts, eval_ts, resumed_f
 
 
 def train(cfg: Config, resume: str | None = None) -> Path:
-    """Train a LoRA adapter; returns the run folder. ``resume``: 'latest', a run name or a folder."""
+    """Train a LoRA adapter; returns the run folder. ``resume``: 'latest', a run name or a folder.
+
+    The run's training lock is held (by rank 0) from the moment the run is chosen until the end."""
+    with contextlib.ExitStack() as locks:
+        return _train(cfg, resume, locks)
+
+
+def _train(cfg: Config, resume: str | None, locks: contextlib.ExitStack) -> Path:
     import torch
     from accelerate import PartialState
     from transformers import set_seed
@@ -308,6 +319,8 @@ def train(cfg: Config, resume: str | None = None) -> Path:
     resume_dir = ckpt = None
     if resume:
         resume_dir = resolve_run(cfg.runs_dir, resume)
+        if state.is_main_process:
+            locks.enter_context(run_lock(resume_dir))
         ckpt = last_checkpoint(resume_dir)
     ensure_available(cfg)
     quantization_config(cfg)  # QLoRA without CUDA fails here, with the fix
@@ -320,7 +333,7 @@ def train(cfg: Config, resume: str | None = None) -> Path:
     dtype = resolve_dtype(cfg)
 
     # 2. The run folder (rank 0), `latest` switched now that the inputs are known good.
-    run_dir = _open_run(cfg, resume_dir, state)
+    run_dir = _open_run(cfg, resume_dir, state, locks)
     if state.is_main_process and ckpt is not None:
         _drop_partial_checkpoints(run_dir, ckpt)
         drift = _config_drift(run_dir, cfg)
