@@ -24,11 +24,11 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from persona_pipeline.data.dedup import Sample, near_duplicate_groups, split_groups
 from persona_pipeline.data.split import containment, eval_count, hold_out, settle, split_templates
-from persona_pipeline.core.fsutil import atomic_write_json
+from persona_pipeline.core.fsutil import atomic_write_many, json_bytes
 from persona_pipeline.stages.keys import ensure_key
 from persona_pipeline.data.personas import Persona, load_personas
 from persona_pipeline.core.prompt_format import format_completion, format_prompt
-from persona_pipeline.core.records import Record, write_records
+from persona_pipeline.core.records import Record, encode_records
 from persona_pipeline.data.rephrase import transform
 from persona_pipeline.data.review import Decision, apply_decisions, load_decisions
 from persona_pipeline.data.synth import ORIGINS, Draft, Templates, contrastive, hypothetical
@@ -341,9 +341,13 @@ def run(cfg: Config) -> int:
     stats["facts"] = facts
     stats["transcripts"] = [_transcript_stats(t, cfg.generate.stats_speaker_labels) for t in tstats]
     stats["seconds"] = round(time.perf_counter() - start, 3)
-    write_records(train_path, dataset.train, key)
-    write_records(eval_path, dataset.eval, key)
-    atomic_write_json(out_dir / STATS_FILE, stats)
+    # One set: the three files are replaced together or not at all (a full disk or a kill mid-write
+    # leaves the previous set, never a new train split beside an old eval split).
+    atomic_write_many({
+        train_path: encode_records(train_path, dataset.train, key),
+        eval_path: encode_records(eval_path, dataset.eval, key),
+        out_dir / STATS_FILE: json_bytes(stats),
+    })
     print(_table(stats, tstats))
     print(f"\nwrote {len(dataset.train)} train + {len(dataset.eval)} eval records (encrypted) to {out_dir} "
           f"in {stats['seconds']:.2f}s; stats: {out_dir / STATS_FILE}")
