@@ -162,3 +162,22 @@ def test_two_trainings_at_once_keep_their_own_runs(make_cfg, write_dataset, tmp_
         out, _ = first.communicate(timeout=120)
     assert first.returncode == 130, out[-2000:]
     assert "training interrupted at step" in out and (run_dir / "config.yaml").is_file()
+
+
+def test_disk_full_during_a_checkpoint_save(make_cfg, write_dataset, tmp_path):
+    """No file may grow past 800 kB: the tiny adapter fits, the optimizer state does not."""
+    cfg = make_cfg("train_tiny.yaml", *SETTINGS, "train.report_to=[]")
+    write_dataset(cfg, n_train=40, n_eval=8)
+    limited = ("import resource, sys\n"
+               "resource.setrlimit(resource.RLIMIT_FSIZE, (800_000, 800_000))\n"
+               "from persona_pipeline.cli import main\n"
+               "sys.exit(main(sys.argv[1:]))\n")
+    env = {**os.environ, "PERSONA_RUN_NAME": "full", "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+    proc = subprocess.run([sys.executable, "-c", limited, "train", "--config", str(_config_file(cfg, tmp_path / "c.yaml"))],
+                          env=env, capture_output=True, text=True, timeout=300)
+    err = proc.stderr
+    assert proc.returncode == 1 and "Traceback" not in err, err[-3000:]
+    assert "saving checkpoint" in err and "checkpoint-3 failed" in err and "make train RESUME=full" in err
+    run = cfg.runs_dir / "full"
+    assert not (run / "checkpoints" / "checkpoint-3").exists() and not (run / "adapter").exists()
+    assert (run / "config.yaml").is_file()
