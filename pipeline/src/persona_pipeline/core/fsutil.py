@@ -9,11 +9,11 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from persona_pipeline.core.errors import PipelineError
-
 
 # Write errors that mean "no room": a full disk, a quota, or a file-size limit.
 NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
