@@ -135,13 +135,13 @@ def test_two_trainings_at_once_keep_their_own_runs(make_cfg, write_dataset, tmp_
     others = []
     try:
         _wait_for_checkpoint(run_dir, first)
-        before = {p.name for p in complete_checkpoints(run_dir)}
+        before = {p.name for p in complete_checkpoints(RunDir(run_dir))}
         # RESUME=latest while the first still trains: refused at once, nothing of the first removed.
         joiner = _spawn(config, "--resume", "latest")
         others.append(joiner)
         out, _ = joiner.communicate(timeout=120)
         assert joiner.returncode == 1 and f"run resumed is being trained by process {first.pid}" in out, out[-2000:]
-        assert before <= {p.name for p in complete_checkpoints(run_dir)}
+        assert before <= {p.name for p in complete_checkpoints(RunDir(run_dir))}
         # A second new run gets a folder of its own and `latest`, and finishes (the first paused meanwhile:
         # two trainings on a shared 2-core machine only slow each other down).
         first.send_signal(signal.SIGSTOP)
