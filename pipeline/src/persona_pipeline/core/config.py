@@ -16,7 +16,7 @@ from typing import Any, Literal
 import yaml
 
 from persona_pipeline.core.errors import ConfigError
-from persona_pipeline.core.schema import SchemaError, bounded, build, key_line, load_raw, parse_override
+from persona_pipeline.core.schema import SchemaError, bounded, build, find_root, key_line, load_raw, parse_override
 
 DEFAULT_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -247,14 +247,6 @@ def model_location(cfg: Config, name_or_path: str | None = None) -> str:
     if local.exists() or name.startswith((".", "/", "~")) or name.startswith("outputs/"):
         return str(local)
     return name
-
-
-def find_root(config_path: Path) -> Path:
-    """The pipeline root: the nearest ancestor of the config holding pyproject.toml, else the cwd."""
-    for parent in config_path.resolve().parents:
-        if (parent / "pyproject.toml").is_file():
-            return parent
-    return Path.cwd()
 
 
 # The shipped configs: pipeline/configs/ beside src/ (an editable install, the way this project installs).
