@@ -139,6 +139,9 @@ class TrainConfig:
     max_steps: int = -1
     # CPU threads for torch; null leaves torch's default.
     num_threads: Optional[int] = None
+    # Logits only at label positions, cross-entropy over this many label tokens at a time (memory
+    # bounded by chunk x vocab instead of batch x seq x vocab); 0: the model's full-logits loss.
+    loss_chunk_size: int = 1024
     optim: str = "adamw_torch"
     report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
 

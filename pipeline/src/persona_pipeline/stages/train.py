@@ -364,6 +364,7 @@ def _fit(cfg, run_dir, model, tokenizer, train_ts, eval_ts, ckpt, state, has_cud
         processing_class=tokenizer,
         train_lengths=train_ts.lengths,
         batching=cfg.train.batching,
+        loss_chunk_size=cfg.train.loss_chunk_size,
         callbacks=[LogLines(), stopper],
     )
     use_quiet_progress(trainer)
