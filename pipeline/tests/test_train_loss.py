@@ -131,3 +131,17 @@ def test_trainer_losses_match_with_gradient_accumulation(tiny_model_dir, tmp_pat
         logs[chunk] = [h["loss"] for h in trainer.state.log_history if "loss" in h] + [trainer.evaluate()["eval_loss"]]
     assert len(logs[0]) == 3
     assert logs[16] == pytest.approx(logs[0], abs=1e-5)
+
+
+def test_right_padding_needs_no_attention_mask(lora_model):
+    from persona_pipeline.training.collate import without_redundant_mask
+
+    batch = DynamicPaddingCollator(0)(_features(5, lora_model.config.vocab_size, seed=4))
+    assert "attention_mask" not in without_redundant_mask(batch)
+    real = batch["attention_mask"].bool()
+    with torch.no_grad():
+        masked = lora_model(**batch).logits
+        unmasked = lora_model(**without_redundant_mask(batch)).logits
+    assert torch.allclose(masked[real], unmasked[real], atol=1e-5)  # every real position: same logits
+    left = dict(batch, attention_mask=batch["attention_mask"].flip(1))  # left padding: the mask matters
+    assert without_redundant_mask(left) is left

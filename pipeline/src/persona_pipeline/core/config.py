@@ -135,6 +135,12 @@ class TrainConfig:
     # bench-train: timed optimizer steps per variant and repeat, and repeats (medians reported).
     bench_steps: int = 8
     bench_repeats: int = 3
+    # bench-train vs TRL: optimizer steps per variant (one epoch over steps x batch_size samples),
+    # the variants (name or name@threads), and the eval samples scored after training.
+    bench_trl_steps: int = 40
+    bench_trl_variants: list[str] = field(
+        default_factory=lambda: ["trl_defaults", "trl_best", "trl_padding_free", "project"])
+    bench_eval_samples: int = 48
     # -1: run the full number of epochs.
     max_steps: int = -1
     # CPU threads for torch; null leaves torch's default.

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from persona_pipeline.core.config import Config
+from persona_pipeline.core import procmem
 from persona_pipeline.core.fsutil import atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -93,13 +94,6 @@ def _train_steps(model, init_state, batches, lr: float, device) -> tuple[list[fl
     return losses, times
 
 
-def _rss_kib(field: str) -> int:
-    import re
-
-    m = re.search(rf"{field}:\s+(\d+)", Path("/proc/self/status").read_text())
-    return int(m.group(1)) if m else 0
-
-
 def _memory_child(cfg: Config, variant: str, batch_samples: list[list[dict]]) -> float:
     """In a fresh process: load, reset the RSS peak, train 2 steps with ``variant``; the peak growth (MiB)."""
     import torch
@@ -114,10 +108,10 @@ def _memory_child(cfg: Config, variant: str, batch_samples: list[list[dict]]) ->
     coll = _collators(tok.pad_token_id, cfg.data.max_length)[variant]
     batches = [coll(b) for b in batch_samples]
     init = {k: v.clone() for k, v in model.state_dict().items() if "lora_" in k}
-    Path("/proc/self/clear_refs").write_text("5")  # VmHWM := current RSS
-    before = _rss_kib("VmRSS")
+    procmem.reset_peak()
+    before = procmem.read_mib("VmRSS")
     _train_steps(model, init, batches, cfg.train.learning_rate, torch.device("cpu"))
-    return (_rss_kib("VmHWM") - before) / 1024
+    return procmem.read_mib("VmHWM") - before
 
 
 def _cpu_peak_memory(cfg: Config, batch_samples: list[list[dict]]) -> dict[str, float | None]:
@@ -127,7 +121,7 @@ def _cpu_peak_memory(cfg: Config, batch_samples: list[list[dict]]) -> dict[str, 
     import sys
     import tempfile
 
-    if not Path("/proc/self/clear_refs").exists():
+    if not procmem.available():
         return {v: None for v in VARIANTS}
     procs = {}
     for variant in VARIANTS:

@@ -8,7 +8,7 @@ A run lives in ``outputs/runs/<timestamp>/``::
     checkpoints/         checkpoint-N/ (adapter, optimizer, scheduler, RNG states, trainer state)
     adapter/             the final LoRA adapter + tokenizer
     base_eval.json       eval loss of the base model, measured before the first step
-    train_summary.json   losses per epoch, tokens, time, samples
+    train_summary.json   losses per epoch, tokens, time, samples, peak RSS per phase
 
 Every input (model, key, data) is checked before the run folder is created, so a bad
 input never switches ``runs/latest`` to a broken run. ``resume`` continues a run from
@@ -31,6 +31,7 @@ from typing import Any
 from persona_pipeline.core.config import Config, dump_config
 from persona_pipeline.core.errors import PipelineError
 from persona_pipeline.core.fsutil import atomic_dir, atomic_write_json, atomic_write_text
+from persona_pipeline.core.procmem import PhasePeaks
 from persona_pipeline.core.runs import mark_latest, new_run_dir, resolve_run
 
 log = logging.getLogger(__name__)
@@ -349,12 +350,15 @@ def _fit(cfg, run_dir, model, tokenizer, train_ts, eval_ts, ckpt, state, has_cud
     from transformers.integrations import TensorBoardCallback
 
     from persona_pipeline.training.collate import TokenizedDataset, make_collator
-    from persona_pipeline.training.callbacks import LogLines, PersonaTrainer, StopOnSignal, use_quiet_progress
+    from persona_pipeline.training.callbacks import (LogLines, PersonaTrainer, RssPhases, StopOnSignal,
+                                                     use_quiet_progress)
 
     args = _training_arguments(cfg, run_dir, has_cuda=has_cuda, dtype=dtype)
     collator = make_collator(cfg.train.batching, tokenizer.pad_token_id, cfg.data.max_length,
                              pad_to_multiple_of=8 if has_cuda else None)
     stopper = StopOnSignal()
+    peaks = PhasePeaks()
+    peaks.mark("load")  # from process start: imports, model, tokenized data
     trainer = PersonaTrainer(
         model=model,
         args=args,
@@ -365,7 +369,7 @@ def _fit(cfg, run_dir, model, tokenizer, train_ts, eval_ts, ckpt, state, has_cud
         train_lengths=train_ts.lengths,
         batching=cfg.train.batching,
         loss_chunk_size=cfg.train.loss_chunk_size,
-        callbacks=[LogLines(), stopper],
+        callbacks=[LogLines(), stopper, RssPhases(peaks)],
     )
     use_quiet_progress(trainer)
     if "tensorboard" in cfg.train.report_to:
@@ -403,8 +407,11 @@ def _fit(cfg, run_dir, model, tokenizer, train_ts, eval_ts, ckpt, state, has_cud
         with atomic_dir(run_dir / "adapter") as tmp:
             trainer.model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
+        peaks.mark("save_adapter")
         summary = _summary(cfg, run_dir, trainer, out, base_eval, train_ts, eval_ts,
                            ckpt.name if ckpt else None, seconds)
+        summary["peak_rss_mib"] = peaks.report()  # rank 0; per phase (see core/procmem.py)
+        log.info("peak RSS by phase (MiB): %s", summary["peak_rss_mib"])
         atomic_write_json(run_dir / "train_summary.json", summary)
         log.info(
             "done: eval loss %s -> %s, %d tokens in %.0fs; adapter in %s",

@@ -15,7 +15,8 @@ from transformers import Trainer, TrainerCallback
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from persona_pipeline.core.errors import PipelineError
-from persona_pipeline.training.collate import EpochLengthGroupedSampler
+from persona_pipeline.core.procmem import PhasePeaks
+from persona_pipeline.training.collate import EpochLengthGroupedSampler, without_redundant_mask
 from persona_pipeline.training.loss import label_position_loss, supports_label_loss
 
 log = logging.getLogger("persona_pipeline.stages.train")
@@ -67,6 +68,7 @@ class PersonaTrainer(Trainer):
         self.loss_chunk_size = loss_chunk_size
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        inputs = without_redundant_mask(inputs)  # the Trainer counted real tokens from the mask already
         if not self.loss_chunk_size or "labels" not in inputs:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         loss, outputs = label_position_loss(model, inputs, chunk_size=self.loss_chunk_size,
@@ -93,6 +95,22 @@ class PersonaTrainer(Trainer):
         out = super().evaluate(*a, **kw)
         self.window.restart(self.state.num_input_tokens_seen)  # eval time is not training throughput
         return out
+
+
+class RssPhases(TrainerCallback):
+    """Peak RSS of the training steps, the evaluations and the checkpoint saves, each apart."""
+
+    def __init__(self, peaks: PhasePeaks):
+        self.peaks = peaks
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.peaks.mark("train_steps")
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        self.peaks.mark("eval")
+
+    def on_save(self, args, state, control, **kwargs):
+        self.peaks.mark("checkpoint_save")
 
 
 class QuietProgress(ProgressCallback):
