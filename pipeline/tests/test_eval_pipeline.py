@@ -84,7 +84,10 @@ def evaluated(tmp_path_factory, tiny_model_dir):
         key = load_key(cfg.resolve(cfg.data.key_file))
         train = persona_records(60, 1)
         write_records(cfg.resolve(cfg.data.train), train, key)
-        write_records(cfg.resolve(cfg.data.eval), persona_records(12, 2), key)
+        evals = persona_records(12, 2)
+        for i, r in enumerate(evals):  # half real transcript quotes, half generated
+            r["meta"]["origin"] = "quote" if i % 2 else ("invented", "quote_derived")[i % 4 // 2]
+        write_records(cfg.resolve(cfg.data.eval), evals, key)
         run_dir = new_run_dir(cfg.runs_dir, "ft")
         finetune(tiny_model_dir, run_dir / "adapter", train)
         mark_latest(run_dir)
@@ -108,6 +111,12 @@ def test_finetuned_beats_baseline_and_writes_reports(evaluated, data_key):
     for group in [tuned["overall"], *tuned["per_persona"].values()]:
         for k in ("rouge1", "rouge2", "rougeL", "bleu", "persona_match", "blend_rate", "words_mean", "empty_rate", "runaway_rate"):
             assert group[k] is not None, k
+    assert set(tuned["per_origin"]) == {"real", "generated"} and tuned["per_origin"]["real"]["n"] == 6
+    for group in [tuned["overall"], *tuned["per_origin"].values()]:
+        lo, hi = group["ci"]["rougeL"]
+        assert lo <= group["rougeL"] <= hi and lo < hi
+    # The fixture's answers reuse each persona's line, so every reference quotes train: reported, not hidden.
+    assert tuned["eval_set"]["containment"] == {"run_words": 8, "references_sharing_run": 12, "n": 12}
     # The persona classifier is reported with its accuracy on the references (these personas are easy to tell apart).
     assert tuned["fidelity"]["tfidf"]["accuracy"] >= 0.9
     assert tuned["fidelity"]["blend_on_references"]["rate"] == 0.0
@@ -134,7 +143,7 @@ def test_finetuned_beats_baseline_and_writes_reports(evaluated, data_key):
     assert {"prompt", "reference", "answer", "persona", "scores"} <= set(p)
     assert {"rouge1", "rougeL", "bleu", "semantic_similarity", "predicted_persona", "blend", "stop"} <= set(p["scores"])
     report = (run_dir / "eval" / "report.md").read_text()
-    assert "| overall |" in report and "| Anis |" in report and "Persona fidelity" in report
+    assert "| overall |" in report and "| Anis |" in report and "| origin: real |" in report and "Persona fidelity" in report
 
 
 def test_compare_writes_table_chart_and_one_log_row_per_run(evaluated, data_key, tmp_path):
@@ -146,17 +155,32 @@ def test_compare_writes_table_chart_and_one_log_row_per_run(evaluated, data_key,
     assert main(cmd) == 0
     out = run_dir / "compare"
     table = (out / "comparison.md").read_text()
-    assert "| ROUGE-L |" in table and "| Tilda | ROUGE-L |" in table
+    assert "| ROUGE-L |" in table and "| persona: Tilda | 4 |" in table and "| origin: real | 6 |" in table
+    assert "12 of 12 references share a run of 8 words" in table
     png = (out / "comparison.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
     res = json.loads((out / "comparison.json").read_text())
     assert res["overall"]["rougeL"]["fine_tuned"] > res["overall"]["rougeL"]["baseline"]
+    # A verdict is "better"/"worse" exactly when the paired interval of the change excludes zero.
+    paired = res["paired"]
+    entries = [paired["overall"], *(m for by in ("per_origin", "per_persona", "per_kind") for m in paired[by].values())]
+    for metrics in entries:
+        for key, e in metrics.items():
+            lo, hi = e["change_ci"]
+            assert lo <= e["change"] <= hi
+            if e["verdict"] is not None:
+                assert (e["verdict"] in ("better", "worse")) == (lo > 0 or hi < 0), (key, e)
+    rl = paired["overall"]["rougeL"]
+    assert rl["change"] == pytest.approx(rl["fine_tuned"] - rl["baseline"])
+    assert rl["baseline"] == pytest.approx(res["overall"]["rougeL"]["baseline"])
 
     assert main(cmd) == 0  # idempotent: the run's row is replaced, not duplicated
     text = log.read_text()
     rows = [ln for ln in text.splitlines() if "ft`" in ln]
-    assert len(rows) == 1 and "| tiny |" in rows[0] and "60 / 12" in rows[0]
-    assert text.index("## Runs") < text.index(rows[0]) < text.index("## Notes")
+    assert len(rows) == 1 and "| tiny |" in rows[0] and "60 / 12" in rows[0] and "12/12 quote train" in rows[0]
+    # Old rows (a leaky split, no intervals) keep their table; new rows start their own, with intervals.
+    assert text.index("Older runs below.") < text.index("## Runs (eval split by source") < text.index(rows[0])
+    assert rows[0].count("[") >= 6  # ROUGE-L real and generated, persona match, blend, runaway, words
     assert "Prose written by people." in text and "keep me" in text
 
 

@@ -27,6 +27,8 @@ from typing import Any
 from persona_pipeline.core.config import Config
 from persona_pipeline.core.errors import DataError, PipelineError
 from persona_pipeline.core.fsutil import atomic_dir
+from persona_pipeline.data.split import RUN_WORDS, containment
+from persona_pipeline.evaluation.intervals import intervals, slices
 
 log = logging.getLogger(__name__)
 
@@ -176,6 +178,7 @@ def _aggregate(samples: list[dict]) -> dict[str, Any]:
     out["blend_rate"] = _mean([float(x["blend"]) for x in sc])
     out["blend_rate_contrastive"] = _mean([float(s["scores"]["blend"]) for s in contrastive])
     out.update(length_stats([s["answer"] for s in samples], [x["stop"] == "max_tokens" for x in sc]))
+    out["ci"] = intervals(samples)
     return out
 
 
@@ -241,7 +244,15 @@ def score(cfg: Config, samples: list[dict], train_records: list[dict], embedder)
         }
     groups = {"overall": _aggregate(samples)}
     groups["per_persona"] = {n: _aggregate([s for s in samples if s["persona"] == n]) for n in names}
+    for by in ("per_origin", "per_kind"):
+        groups[by] = {name: _aggregate([samples[i] for i in idx]) for name, idx in slices(samples, by).items()}
     return groups, fidelity
+
+
+def _containment(train_records: list[dict], samples: list[dict]) -> dict[str, Any]:
+    """How many evaluated references share a run of 8 words with a training answer (what "held out" means here)."""
+    found = containment([r["completion"] for r in train_records], [s["reference"] for s in samples])
+    return {"run_words": RUN_WORDS, "references_sharing_run": sum(c.share > 0 for c in found), "n": len(found)}
 
 
 # --------------------------------------------------------------------------- outputs
@@ -327,6 +338,7 @@ def evaluate(cfg: Config, run_dir: Path | None, *, out_dir: Path | None = None) 
             "index": i,
             "persona": persona_of(r),
             "kind": r.get("meta", {}).get("kind"),
+            "origin": r.get("meta", {}).get("origin"),
             "line": r.get("meta", {}).get("line"),
             "prompt": r["prompt"],
             "reference": r["completion"].strip(),
@@ -347,7 +359,8 @@ def evaluate(cfg: Config, run_dir: Path | None, *, out_dir: Path | None = None) 
         "model": model_desc,
         "run_dir": str(run_dir) if run_dir else None,
         "eval_set": {"path": str(eval_path), "sha256": eval_sha, "n_records": len(records), "n_evaluated": len(chosen),
-                     "prompts_sha256": prompts_digest([(s["prompt"], s["reference"]) for s in samples])},
+                     "prompts_sha256": prompts_digest([(s["prompt"], s["reference"]) for s in samples]),
+                     "containment": _containment(train_records, samples)},
         "train_set": {"path": str(train_path), "sha256": train_sha, "n_records": len(train_records)},
         "generation": {**settings.to_dict(), "batch_size": cfg.eval.batch_size},
         **groups,
