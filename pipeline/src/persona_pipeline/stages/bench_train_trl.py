@@ -3,7 +3,9 @@
 Every variant trains the same LoRA model (same initial weights, LoRA dropout 0) for one
 epoch over the same seeded subset of the training set (``train.bench_trl_steps`` x batch
 size samples, already tokenized, so every variant sees exactly the same tokens and
-labels), with the same learning rate, schedule, batch size and optimizer:
+labels), with the same learning rate, schedule, samples per optimizer step and optimizer (TRL takes a
+step's samples in one batch; the project in its configured micro-batches with gradient
+accumulation, the same loss normalised over the whole step):
 
 * ``trl_defaults``: ``SFTConfig`` defaults (bf16 autocast, gradient checkpointing);
 * ``trl_best``: fp32, no checkpointing, transformers' length-grouped sampler;
@@ -84,13 +86,18 @@ class _CountingCollator:
         return batch
 
 
+def _step_samples(cfg: Config) -> int:
+    """Samples per optimizer step: TRL takes them in one batch, the project in its configured micro-batches."""
+    return cfg.train.batch_size * cfg.train.gradient_accumulation_steps
+
+
 def _common_args(cfg: Config, out_dir: str) -> dict[str, Any]:
     """The TrainingArguments every variant shares (taken from the config, as `make train` does)."""
     import torch
 
     t = cfg.train
     return dict(
-        output_dir=out_dir, per_device_train_batch_size=t.batch_size, learning_rate=t.learning_rate,
+        output_dir=out_dir, per_device_train_batch_size=_step_samples(cfg), learning_rate=t.learning_rate,
         lr_scheduler_type=t.lr_scheduler, warmup_steps=t.warmup_ratio, weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm, num_train_epochs=1, max_steps=-1, optim=t.optim, seed=cfg.seed,
         eval_strategy="no", save_strategy="no", logging_steps=10**6, report_to="none", disable_tqdm=True,
@@ -230,7 +237,7 @@ def bench(cfg: Config, *, command: str | None = None) -> dict[str, Any]:
     tok = load_tokenizer(bcfg)
     train_ts = load_tokenized(bcfg, "train", tokenizer=tok)
     eval_ts = load_tokenized(bcfg, "eval", tokenizer=tok)
-    n = min(len(train_ts.samples), cfg.train.bench_trl_steps * cfg.train.batch_size)
+    n = min(len(train_ts.samples), cfg.train.bench_trl_steps * _step_samples(cfg))
     idx = sorted(random.Random(cfg.seed).sample(range(len(train_ts.samples)), n))
     train = [train_ts.samples[i] for i in idx]
     evl = list(eval_ts.samples[: cfg.train.bench_eval_samples])
@@ -285,8 +292,10 @@ def bench(cfg: Config, *, command: str | None = None) -> dict[str, Any]:
         "summary": summary,
         "variants": variants,
         "settings": {
-            "config": cfg.name, "model": cfg.model.name_or_path, "batch_size": cfg.train.batch_size,
-            "train_samples": n, "optimizer_steps": -(-n // cfg.train.batch_size), "epochs": 1,
+            "config": cfg.name, "model": cfg.model.name_or_path, "batch_size": _step_samples(cfg),
+            "project_micro_batch": cfg.train.batch_size,
+            "gradient_accumulation_steps_project": cfg.train.gradient_accumulation_steps,
+            "train_samples": n, "optimizer_steps": -(-n // _step_samples(cfg)), "epochs": 1,
             "eval_samples": len(evl), "repeats": repeats, "lora_r": cfg.lora.r, "lora_dropout": 0.0,
             "learning_rate": cfg.train.learning_rate, "batching": cfg.train.batching,
             "loss_chunk_size": cfg.train.loss_chunk_size, "max_length": cfg.data.max_length,
