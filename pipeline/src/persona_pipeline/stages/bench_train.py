@@ -22,18 +22,30 @@ the RSS at that point is the memory the training steps needed.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
+import pickle
 import platform
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from persona_pipeline.core.config import Config
+import torch
+from tqdm.auto import tqdm
+
 from persona_pipeline.core import procmem
+from persona_pipeline.core.config import Config
 from persona_pipeline.core.fsutil import atomic_write_json
+from persona_pipeline.core.modeling import build_peft_model, load_tokenizer
+from persona_pipeline.core.modeling import device as pick_device
+from persona_pipeline.core.runs import bench_file
+from persona_pipeline.training.benchmark import config_arg, without_lora_dropout
+from persona_pipeline.training.collate import EpochLengthGroupedSampler, make_collator, padded_tokens, real_tokens
+from persona_pipeline.training.tokenized import load_tokenized
 
 log = logging.getLogger(__name__)
 
@@ -43,18 +55,11 @@ TARGET_RATIO = 3.0
 
 
 def bench_path(cfg: Config) -> Path:
-    return cfg.outputs_dir / "bench" / "bench_train.json"
-
-
-def _bench_cfg(cfg: Config) -> Config:
-    """The config with LoRA dropout off (see the module docstring)."""
-    return dataclasses.replace(cfg, lora=dataclasses.replace(cfg.lora, lora_dropout=0.0))
+    return bench_file(cfg.outputs_dir, "bench_train.json")
 
 
 def pick_batches(lengths: list[int], batch_size: int, n: int, seed: int) -> list[list[int]]:
     """``n`` batches of sample indices in training order, evenly spread over one epoch."""
-    from persona_pipeline.training.collate import EpochLengthGroupedSampler
-
     order = list(EpochLengthGroupedSampler(lengths, batch_size, seed))
     batches = [order[i : i + batch_size] for i in range(0, len(order) - batch_size + 1, batch_size)]
     if not batches:
@@ -64,15 +69,11 @@ def pick_batches(lengths: list[int], batch_size: int, n: int, seed: int) -> list
 
 
 def _collators(pad_id: int, max_length: int) -> dict:
-    from persona_pipeline.training.collate import make_collator
-
     return {v: make_collator(v, pad_id, max_length) for v in VARIANTS}
 
 
 def _train_steps(model, init_state, batches, lr: float, device) -> tuple[list[float], list[float]]:
     """Reset the adapter, then one optimizer step per batch; returns (losses, seconds per step)."""
-    import torch
-
     model.load_state_dict(init_state, strict=False)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr)
@@ -96,11 +97,6 @@ def _train_steps(model, init_state, batches, lr: float, device) -> tuple[list[fl
 
 def _memory_child(cfg: Config, variant: str, batch_samples: list[list[dict]]) -> float:
     """In a fresh process: load, reset the RSS peak, train 2 steps with ``variant``; the peak growth (MiB)."""
-    import torch
-
-    from persona_pipeline.core.modeling import load_tokenizer
-    from persona_pipeline.stages.train import build_peft_model
-
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
     tok = load_tokenizer(cfg)
@@ -116,11 +112,6 @@ def _memory_child(cfg: Config, variant: str, batch_samples: list[list[dict]]) ->
 
 def _cpu_peak_memory(cfg: Config, batch_samples: list[list[dict]]) -> dict[str, float | None]:
     """One fresh ``python -m persona_pipeline.stages.bench_train`` per variant (run side by side: RSS is per process)."""
-    import pickle
-    import subprocess
-    import sys
-    import tempfile
-
     if not procmem.available():
         return {v: None for v in VARIANTS}
     procs = {}
@@ -145,31 +136,21 @@ def _cpu_peak_memory(cfg: Config, batch_samples: list[list[dict]]) -> dict[str, 
     return out
 
 
-def bench(cfg: Config, *, memory: bool = True, command: str | None = None) -> dict[str, Any]:
+def bench(cfg: Config, *, steps: int = 8, repeats: int = 3, memory: bool = True, command: str | None = None) -> dict[str, Any]:
     """Run the benchmark, write ``outputs/bench/bench_train.json`` and return its content.
 
     ``command`` is recorded as the way to reproduce the figures (default: the make target).
     """
-    import torch
-    from tqdm.auto import tqdm
-
-    from persona_pipeline.core.modeling import device as pick_device
-    from persona_pipeline.core.modeling import load_tokenizer
-    from persona_pipeline.stages.tokenize import load_tokenized
-    from persona_pipeline.stages.train import build_peft_model
-
-    bcfg = _bench_cfg(cfg)
+    bcfg = without_lora_dropout(cfg)
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
     tok = load_tokenizer(bcfg)
     ts = load_tokenized(bcfg, "train", tokenizer=tok)
-    steps, repeats, bs = cfg.train.bench_steps, cfg.train.bench_repeats, cfg.train.batch_size
+    bs = cfg.train.batch_size
     index_batches = pick_batches(ts.lengths, bs, steps + 1, cfg.seed)  # +1: an untimed warm-up step
     sample_batches = [[ts.samples[i] for i in b] for b in index_batches]
     collators = _collators(tok.pad_token_id, cfg.data.max_length)
     batches = {v: [c(b) for b in sample_batches] for v, c in collators.items()}
-
-    from persona_pipeline.training.collate import padded_tokens, real_tokens
 
     dev = pick_device()
     torch.manual_seed(cfg.seed)
@@ -218,7 +199,7 @@ def bench(cfg: Config, *, memory: bool = True, command: str | None = None) -> di
     ref = variants[REFERENCE]
     ref_curve = runs[REFERENCE][0]["losses"]
     loss_diff = {
-        v: max(abs(a - b) for a, b in zip(runs[v][0]["losses"], ref_curve)) for v in VARIANTS if v != REFERENCE
+        v: max(abs(a - b) for a, b in zip(runs[v][0]["losses"], ref_curve, strict=True)) for v in VARIANTS if v != REFERENCE
     }
 
     def ratio(v: str) -> float:
@@ -262,25 +243,17 @@ def bench(cfg: Config, *, memory: bool = True, command: str | None = None) -> di
             "loop": "plain PyTorch loop (forward, backward, AdamW step) over the same collators the Trainer uses",
         },
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__},
-        "command": command or f"make bench-train TRAIN_CONFIG={_config_arg(cfg)}",
+        "command": command or f"make bench-train TRAIN_CONFIG={config_arg(cfg)}",
     }
     atomic_write_json(bench_path(cfg), result)
     return result
 
 
-def _config_arg(cfg: Config) -> str:
-    if cfg.source_file is None:
-        return "configs/train_tiny.yaml"
-    try:
-        return str(cfg.source_file.relative_to(cfg.root))
-    except ValueError:
-        return str(cfg.source_file)
-
-
-def run(cfg: Config, *, overrides: tuple[str, ...] = ()) -> int:
+def run(cfg: Config, *, steps: int = 8, repeats: int = 3, overrides: tuple[str, ...] = ()) -> int:
     overrides = " ".join(overrides)
-    command = f"make bench-train TRAIN_CONFIG={_config_arg(cfg)}" + (f" ARGS='{overrides}'" if overrides else "")
-    res = bench(cfg, command=command)
+    command = (f"make bench-train TRAIN_CONFIG={config_arg(cfg)} BENCH_ARGS='--steps {steps} --repeats {repeats}'"
+               + (f" ARGS='{overrides}'" if overrides else ""))
+    res = bench(cfg, steps=steps, repeats=repeats, command=command)
     s, v = res["summary"], res["variants"]
     print(f"bench-train ({res['settings']['device']}, batch {res['settings']['batch_size']}, "
           f"{res['settings']['timed_steps']} steps x {res['settings']['repeats']} repeats, medians):")
@@ -299,7 +272,4 @@ def run(cfg: Config, *, overrides: tuple[str, ...] = ()) -> int:
 
 
 if __name__ == "__main__":  # the memory-measurement child of _cpu_peak_memory
-    import pickle
-    import sys
-
     print(_memory_child(*pickle.loads(sys.stdin.buffer.read())))

@@ -33,6 +33,8 @@ import importlib.util
 import json
 import logging
 import os
+import pickle
+import platform
 import random
 import statistics
 import subprocess
@@ -42,10 +44,21 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+from tqdm.auto import tqdm
+
+from persona_pipeline.core import procmem
 from persona_pipeline.core.config import Config
 from persona_pipeline.core.errors import PipelineError
-from persona_pipeline.core import procmem
 from persona_pipeline.core.fsutil import atomic_write_json
+from persona_pipeline.core.modeling import build_peft_model, load_tokenizer, resolve_dtype
+from persona_pipeline.core.runs import bench_file
+from persona_pipeline.training.arguments import training_arguments
+from persona_pipeline.training.benchmark import config_arg, without_lora_dropout
+from persona_pipeline.training.callbacks import PersonaTrainer
+from persona_pipeline.training.collate import DynamicPaddingCollator, TokenizedDataset, make_collator, padded_tokens, real_tokens
+from persona_pipeline.training.loss import label_position_loss
+from persona_pipeline.training.tokenized import IGNORE_INDEX, load_tokenized
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +69,7 @@ TARGET_RATIO = 1.3  # project vs trl_best, real tokens/s (issue 15)
 
 
 def bench_path(cfg: Config) -> Path:
-    return cfg.outputs_dir / "bench" / "bench_train_trl.json"
+    return bench_file(cfg.outputs_dir, "bench_train_trl.json")
 
 
 def parse_variant(spec: str, default_threads: int | None) -> tuple[str, int | None]:
@@ -78,8 +91,6 @@ class _CountingCollator:
         self.inner, self.real, self.computed = inner, 0, 0
 
     def __call__(self, features):
-        from persona_pipeline.training.collate import padded_tokens, real_tokens
-
         batch = self.inner(features)
         self.real += real_tokens(batch)
         self.computed += padded_tokens(batch)
@@ -93,8 +104,6 @@ def _step_samples(cfg: Config) -> int:
 
 def _common_args(cfg: Config, out_dir: str) -> dict[str, Any]:
     """The TrainingArguments every variant shares (taken from the config, as `make train` does)."""
-    import torch
-
     t = cfg.train
     return dict(
         output_dir=out_dir, per_device_train_batch_size=_step_samples(cfg), learning_rate=t.learning_rate,
@@ -106,14 +115,7 @@ def _common_args(cfg: Config, out_dir: str) -> dict[str, Any]:
 
 
 def _project_trainer(cfg: Config, model, tok, samples: list[dict], out_dir: str, loss_chunk_size: int):
-    import torch
-
-    from persona_pipeline.core.modeling import resolve_dtype
-    from persona_pipeline.stages.train import _training_arguments
-    from persona_pipeline.training.callbacks import PersonaTrainer
-    from persona_pipeline.training.collate import TokenizedDataset, make_collator
-
-    args = _training_arguments(cfg, Path(out_dir), has_cuda=torch.cuda.is_available(), dtype=resolve_dtype(cfg))
+    args = training_arguments(cfg, Path(out_dir), has_cuda=torch.cuda.is_available(), dtype=resolve_dtype(cfg))
     keep = {"per_device_train_batch_size", "learning_rate", "lr_scheduler_type", "optim", "seed"}
     args = dataclasses.replace(args, **{k: v for k, v in _common_args(cfg, out_dir).items() if k not in keep})
     return PersonaTrainer(
@@ -125,6 +127,7 @@ def _project_trainer(cfg: Config, model, tok, samples: list[dict], out_dir: str,
 
 
 def _trl_trainer(variant: str, cfg: Config, model, tok, samples: list[dict], out_dir: str):
+    # TRL is the optional `bench` extra: imported only when a TRL variant runs.
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
@@ -143,12 +146,6 @@ def _trl_trainer(variant: str, cfg: Config, model, tok, samples: list[dict], out
 
 def _eval_loss(model, samples: list[dict], pad_id: int, batch_size: int) -> float:
     """Mean loss over the label tokens of ``samples`` (one function for every variant)."""
-    import torch
-
-    from persona_pipeline.stages.tokenize import IGNORE_INDEX
-    from persona_pipeline.training.collate import DynamicPaddingCollator
-    from persona_pipeline.training.loss import label_position_loss
-
     coll = DynamicPaddingCollator(pad_id)
     model.eval()
     total, count = 0.0, 0
@@ -162,11 +159,6 @@ def _eval_loss(model, samples: list[dict], pad_id: int, batch_size: int) -> floa
 
 def run_variant(cfg: Config, variant: str, threads: int | None, train: list[dict], evl: list[dict]) -> dict:
     """Train one variant for one epoch over ``train`` in this process; its figures."""
-    import torch
-
-    from persona_pipeline.core.modeling import load_tokenizer
-    from persona_pipeline.stages.train import build_peft_model
-
     if threads:
         torch.set_num_threads(threads)
     load = os.getloadavg()[0]
@@ -199,8 +191,6 @@ def run_variant(cfg: Config, variant: str, threads: int | None, train: list[dict
 
 
 def _spawn(cfg: Config, variant: str, threads: int | None, train: list[dict], evl: list[dict]) -> dict:
-    import pickle
-
     with tempfile.TemporaryFile() as err:  # a file, not a pipe: a chatty child cannot block on it
         p = subprocess.Popen([sys.executable, "-m", "persona_pipeline.stages.bench_train_trl"],
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err)
@@ -218,22 +208,13 @@ def _stats(xs: list[float], nd: int = 1) -> dict:
 
 def bench(cfg: Config, *, command: str | None = None) -> dict[str, Any]:
     """Run the comparison, write ``outputs/bench/bench_train_trl.json`` and return its content."""
-    import platform
-
-    import torch
-    from tqdm.auto import tqdm
-
-    from persona_pipeline.core.modeling import load_tokenizer
-    from persona_pipeline.stages.bench_train import _bench_cfg, _config_arg
-    from persona_pipeline.stages.tokenize import load_tokenized
-
     specs = [parse_variant(s, cfg.train.num_threads) for s in cfg.train.bench_trl_variants]
     if any(n in TRL_VARIANTS for n, _ in specs) and importlib.util.find_spec("trl") is None:
         raise PipelineError("bench-train-trl needs TRL, which is not installed",
                             hint="make bench-train installs it; or: .venv/bin/python -m pip install -e '.[bench]'")
     if not procmem.available():
         raise PipelineError("bench-train-trl measures peak RSS through /proc/self/clear_refs (Linux only)")
-    bcfg = _bench_cfg(cfg)
+    bcfg = without_lora_dropout(cfg)
     tok = load_tokenizer(bcfg)
     train_ts = load_tokenized(bcfg, "train", tokenizer=tok)
     eval_ts = load_tokenized(bcfg, "eval", tokenizer=tok)
@@ -244,7 +225,7 @@ def bench(cfg: Config, *, command: str | None = None) -> dict[str, Any]:
 
     names = list(cfg.train.bench_trl_variants)
     runs: dict[str, list[dict]] = {k: [] for k in names}
-    repeats = cfg.train.bench_repeats
+    repeats = cfg.train.bench_trl_repeats
     with tqdm(total=repeats * len(specs), desc="bench-train-trl", unit="run") as bar:
         for r in range(repeats):
             order = list(range(len(specs)))
@@ -271,7 +252,8 @@ def bench(cfg: Config, *, command: str | None = None) -> dict[str, Any]:
         for other in names:
             if other == o:
                 continue
-            paired = [a["real_tokens_per_second"] / b["real_tokens_per_second"] for a, b in zip(runs[o], runs[other])]
+            paired = [a["real_tokens_per_second"] / b["real_tokens_per_second"]
+                      for a, b in zip(runs[o], runs[other], strict=True)]
             entry = {"throughput_ratio": _stats(paired, 3)}
             mo, mb = variants[o]["peak_rss_growth_mib"]["median"], variants[other]["peak_rss_growth_mib"]["median"]
             entry["peak_rss_growth_ratio"] = round(mo / mb, 3) if mb > 0 else None
@@ -305,7 +287,7 @@ def bench(cfg: Config, *, command: str | None = None) -> dict[str, Any]:
         },
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
                     "note": "shared machine: see loadavg_1min_at_start per run"},
-        "command": command or f"make bench-train TRAIN_CONFIG={_config_arg(cfg)}",
+        "command": command or f"make bench-train TRAIN_CONFIG={config_arg(cfg)}",
     }
     atomic_write_json(bench_path(cfg), result)
     return result
@@ -321,10 +303,8 @@ def _version(pkg: str) -> str | None:
 
 
 def run(cfg: Config, *, overrides: tuple[str, ...] = ()) -> int:
-    from persona_pipeline.stages.bench_train import _config_arg
-
     args = " ".join(overrides)
-    command = f"make bench-train TRAIN_CONFIG={_config_arg(cfg)}" + (f" ARGS='{args}'" if args else "")
+    command = f"make bench-train TRAIN_CONFIG={config_arg(cfg)}" + (f" ARGS='{args}'" if args else "")
     res = bench(cfg, command=command)
     st = res["settings"]
     print(f"bench-train-trl ({st['model']}, {st['train_samples']} samples = {st['optimizer_steps']} steps of "
@@ -346,7 +326,5 @@ def run(cfg: Config, *, overrides: tuple[str, ...] = ()) -> int:
 
 
 if __name__ == "__main__":  # a child of _spawn
-    import pickle
-
     logging.disable(logging.WARNING)
     print(json.dumps(run_variant(*pickle.loads(sys.stdin.buffer.read()))))

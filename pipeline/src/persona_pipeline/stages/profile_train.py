@@ -10,24 +10,27 @@ operators with their share of the step).
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any
 
+import torch
+from torch.profiler import ProfilerActivity, record_function
+from torch.profiler import profile as torch_profile
+
 from persona_pipeline.core.config import Config
 from persona_pipeline.core.fsutil import atomic_write_json, atomic_write_text
+from persona_pipeline.core.modeling import build_peft_model, load_tokenizer
+from persona_pipeline.core.runs import bench_file
+from persona_pipeline.training.benchmark import without_lora_dropout
+from persona_pipeline.training.collate import EpochLengthGroupedSampler, make_collator, without_redundant_mask
+from persona_pipeline.training.loss import label_position_loss
+from persona_pipeline.training.tokenized import IGNORE_INDEX, load_tokenized
 
 PHASES = ("forward+loss", "backward", "optimizer")
 
 
 def _step(model, opt, micro_batches: list[dict], chunk: int, profiler_labels: bool) -> None:
-    import contextlib
-
-    from torch.profiler import record_function
-
-    from persona_pipeline.stages.tokenize import IGNORE_INDEX
-    from persona_pipeline.training.collate import without_redundant_mask
-    from persona_pipeline.training.loss import label_position_loss
-
     def label(name):
         return record_function(name) if profiler_labels else contextlib.nullcontext()
 
@@ -47,19 +50,9 @@ def _step(model, opt, micro_batches: list[dict], chunk: int, profiler_labels: bo
 
 
 def profile(cfg: Config) -> dict[str, Any]:
-    import torch
-    from torch.profiler import ProfilerActivity
-    from torch.profiler import profile as torch_profile
-
-    from persona_pipeline.core.modeling import load_tokenizer
-    from persona_pipeline.stages.bench_train import _bench_cfg
-    from persona_pipeline.stages.tokenize import load_tokenized
-    from persona_pipeline.stages.train import build_peft_model
-    from persona_pipeline.training.collate import EpochLengthGroupedSampler, make_collator
-
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
-    bcfg = _bench_cfg(cfg)
+    bcfg = without_lora_dropout(cfg)
     tok = load_tokenizer(bcfg)
     ts = load_tokenized(bcfg, "train", tokenizer=tok)
     t = cfg.train
@@ -82,8 +75,7 @@ def profile(cfg: Config) -> dict[str, Any]:
     total_us = sum(e.self_cpu_time_total for e in events)
     phases = {e.key: round(e.cpu_time_total / total_us, 3) for e in events if e.key in PHASES}
     top = sorted((e for e in events if e.key not in PHASES), key=lambda e: -e.self_cpu_time_total)[:25]
-    out_dir = cfg.outputs_dir / "bench"
-    atomic_write_text(out_dir / "profile_train.txt",
+    atomic_write_text(bench_file(cfg.outputs_dir, "profile_train.txt"),
                       events.table(sort_by="self_cpu_time_total", row_limit=40, max_name_column_width=60))
     result = {
         "name": "profile_train",
@@ -98,7 +90,7 @@ def profile(cfg: Config) -> dict[str, Any]:
         ],
         "note": "profiler overhead included; on a shared machine absolute times vary, shares less so",
     }
-    atomic_write_json(out_dir / "profile_train.json", result)
+    atomic_write_json(bench_file(cfg.outputs_dir, "profile_train.json"), result)
     return result
 
 
@@ -109,5 +101,5 @@ def run(cfg: Config) -> int:
     print("  phases: " + ", ".join(f"{k} {v:.0%}" for k, v in res["phase_share_of_step"].items()))
     for op in res["top_operators_by_self_cpu"][:12]:
         print(f"  {op['share']:6.1%}  {op['op']}  ({op['calls']} calls)")
-    print(f"  written to {cfg.outputs_dir / 'bench' / 'profile_train.json'} and profile_train.txt")
+    print(f"  written to {bench_file(cfg.outputs_dir, 'profile_train.json')} and profile_train.txt")
     return 0

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
-IGNORE_INDEX = -100  # the label of prompt and padding positions (stages.tokenize.IGNORE_INDEX)
+from persona_pipeline.training.tokenized import IGNORE_INDEX
 
 
 def output_head(model: nn.Module) -> nn.Module:
