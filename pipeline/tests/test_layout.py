@@ -10,8 +10,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "persona_pipeline"
 MAX_LINES = 450
 # Layers from the bottom: a module may import its own layer and the layers below it.
 LAYERS = {"core": 0, "data": 1, "training": 1, "evaluation": 1, "export": 1, "stages": 2, "cli": 3, "__main__": 4}
-# The one function-level import: an optional extra that compiles llama.cpp (`make kquants`).
-LAZY_ALLOWED = {("persona_pipeline.export.llamacpp", "llama_cpp")}
+# Function-level imports of optional extras only: llama.cpp (`make kquants`, compiles) and TRL
+# (the `bench` extra, which bench-train-trl compares against).
+LAZY_ALLOWED = {("persona_pipeline.export.llamacpp", "llama_cpp"), ("persona_pipeline.stages.bench_train_trl", "trl")}
 
 
 def _modules() -> dict[str, Path]:

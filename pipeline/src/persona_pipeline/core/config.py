@@ -121,6 +121,9 @@ class TrainConfig:
     epochs: float = bounded(6, gt=0)
     batch_size: int = bounded(4, ge=1)
     gradient_accumulation_steps: int = bounded(1, ge=1)
+    # Eval batch (no gradients, so no activations kept: it can be larger than a memory-bound
+    # training micro-batch); null: batch_size.
+    eval_batch_size: int | None = bounded(None, ge=1)
     learning_rate: float = bounded(2e-4, gt=0)
     lr_scheduler: str = "cosine"
     warmup_ratio: float = bounded(0.03, ge=0)

@@ -41,10 +41,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 import torch
+from datasets import Dataset
 from tqdm.auto import tqdm
 
 from persona_pipeline.core import procmem
@@ -128,7 +130,6 @@ def _project_trainer(cfg: Config, model, tok, samples: list[dict], out_dir: str,
 
 def _trl_trainer(variant: str, cfg: Config, model, tok, samples: list[dict], out_dir: str):
     # TRL is the optional `bench` extra: imported only when a TRL variant runs.
-    from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
     extra: dict[str, Any] = {"max_length": cfg.data.max_length}
@@ -294,8 +295,6 @@ def bench(cfg: Config, *, command: str | None = None) -> dict[str, Any]:
 
 
 def _version(pkg: str) -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
         return version(pkg)
     except PackageNotFoundError:
