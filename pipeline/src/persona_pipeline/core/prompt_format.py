@@ -8,13 +8,20 @@ One record::
 Multi-turn prompts hold earlier turns before the last question::
 
     "You are Tilda, <system>\\n\\nHuman: q1\\n\\nTilda: a1\\n\\nHuman: q2\\n\\nTilda:"
+
+Records are stored in this plain format. With ``model.prompt_format: chat_template``
+:func:`render_prompt` turns a stored prompt into the model's own chat template
+(system line, user and assistant turns) and :func:`render_completion` drops the
+leading space; the answer then ends with the template's end-of-turn token (EOS).
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Literal, Sequence
+
+from persona_pipeline.core.errors import ConfigError
 
 HUMAN = "Human"
 SEP = "\n\n"
@@ -84,3 +91,38 @@ def parse_prompt(prompt: str) -> ParsedPrompt:
         else:
             history.append((q or "", text))
     return ParsedPrompt(name=name, system=head["system"], history=history, question=q or "")
+
+
+PromptFormat = Literal["plain", "chat_template"]
+
+
+def chat_messages(prompt: str) -> list[dict[str, str]]:
+    """A stored (plain) prompt as chat messages: system, then user / assistant turns ending with a user turn."""
+    p = parse_prompt(prompt)
+    messages = [{"role": "system", "content": system_line(p.name, p.system)}]
+    for q, a in p.history:
+        messages += [{"role": "user", "content": q.strip()}, {"role": "assistant", "content": a.strip()}]
+    messages.append({"role": "user", "content": p.question.strip()})
+    return messages
+
+
+def render_prompt(prompt: str, fmt: PromptFormat, tokenizer: Any) -> str:
+    """The text the model is given for a stored prompt: as stored, or through the tokenizer's chat template."""
+    if fmt == "plain":
+        return prompt
+    if not getattr(tokenizer, "chat_template", None):
+        raise ConfigError(
+            f"model.prompt_format is chat_template, but the tokenizer ({getattr(tokenizer, 'name_or_path', '?')}) has no chat template",
+            hint="set model.prompt_format: plain in the config",
+        )
+    text = tokenizer.apply_chat_template(chat_messages(prompt), tokenize=False, add_generation_prompt=True)
+    # Templates that write BOS themselves (Llama 3) would get a second one from a tokenizer that adds it.
+    bos = tokenizer.bos_token
+    if bos and text.startswith(bos) and tokenizer("")["input_ids"][:1] == [tokenizer.bos_token_id]:
+        text = text[len(bos):]
+    return text
+
+
+def render_completion(completion: str, fmt: PromptFormat) -> str:
+    """The answer as trained on: the plain format's leading space, or the bare text after a chat header."""
+    return completion if fmt == "plain" else completion.strip()

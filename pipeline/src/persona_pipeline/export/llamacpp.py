@@ -12,42 +12,23 @@ under ``LLAMA_CPP_DIR``.
 from __future__ import annotations
 
 import ctypes
-import importlib
 import importlib.util
 import logging
 import os
 import shutil
 import struct
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any, Callable
 
 from persona_pipeline.core.errors import PipelineError
+from persona_pipeline.core.extras import auto_install_allowed, pip_install
 
 log = logging.getLogger(__name__)
 
 # Keep in step with pyproject.toml's `llamacpp` and `kquants` extras.
 XLLAMACPP_REQ = "xllamacpp==2026.10.11549"
 LLAMA_CPP_PYTHON_REQ = "llama-cpp-python==0.3.36"
-
-
-def _auto_install_allowed(default: bool = True) -> bool:
-    """PERSONA_PIPELINE_AUTO_INSTALL=0 forbids installing on first need, whatever the config says."""
-    env = os.environ.get("PERSONA_PIPELINE_AUTO_INSTALL")
-    return default if env is None else env.strip().lower() not in ("0", "no", "false")
-
-
-def pip_install(requirement: str, why: str) -> None:
-    """Install one pinned package into this interpreter's environment, showing pip's progress."""
-    print(f"installing {requirement} ({why}) ...", file=sys.stderr, flush=True)
-    cmd = [sys.executable, "-m", "pip", "install", requirement]
-    if subprocess.run(cmd).returncode != 0:
-        raise PipelineError(
-            f"could not install {requirement}",
-            hint=f"install it by hand: {sys.executable} -m pip install '{requirement}'",
-        )
-    importlib.invalidate_caches()
 
 
 # --------------------------------------------------------------------------- quantizer (K-quants)
@@ -85,7 +66,7 @@ def find_quantizer() -> str | None:
 def ensure_quantizer(auto_install: bool) -> str | None:
     """The quantizer, installing llama-cpp-python first when allowed (announced: it compiles for minutes)."""
     tool = find_quantizer()
-    if tool is None and auto_install and _auto_install_allowed():
+    if tool is None and auto_install and auto_install_allowed():
         pip_install(LLAMA_CPP_PYTHON_REQ, "llama.cpp's K-quant quantizer; this compiles llama.cpp, ~10 min on 2 cores")
         tool = find_quantizer()
     return tool
@@ -143,7 +124,7 @@ def runtime_library() -> Path | None:
 def ensure_runtime(auto_install: bool = True) -> Path:
     """The llama.cpp library, installing the prebuilt xllamacpp wheel on first need."""
     lib = runtime_library()
-    if lib is None and auto_install and _auto_install_allowed():
+    if lib is None and auto_install and auto_install_allowed():
         pip_install(XLLAMACPP_REQ, "prebuilt llama.cpp runtime for gguf-check, ~34 MB")
         lib = runtime_library()
     if lib is None:

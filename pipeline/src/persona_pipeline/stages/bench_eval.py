@@ -17,6 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from persona_pipeline.core.config import Config
+from persona_pipeline.core.prompt_format import render_prompt
 from persona_pipeline.core.errors import PipelineError
 from persona_pipeline.core.fsutil import atomic_write_json
 
@@ -54,8 +55,8 @@ def benchmark(cfg: Config) -> dict:
     records, sha = read_eval_set(cfg)
     n = cfg.eval.bench_samples
     chosen = select_samples(records, cfg.eval.personas, n, str(cfg.resolve(cfg.data.eval)))
-    prompts = [r["prompt"] for r in chosen]
     model, tokenizer, desc = _model_for_bench(cfg)
+    prompts = [render_prompt(r["prompt"], cfg.model.prompt_format, tokenizer) for r in chosen]
     settings = replace(GenerationSettings.from_config(cfg), do_sample=False)
     bs = cfg.eval.batch_size
 

@@ -54,9 +54,10 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return "-" if value is None else str(value)
 
 
-def plan(force: bool) -> list[Step]:
+def pipeline_steps(force: bool, gguf_types: tuple[str, ...]) -> list[Step]:
+    """base-model .. compare, then a GGUF export and its check per type (shared with ``make quality``)."""
     f = ["--force"] if force else []
-    return [
+    steps = [
         Step("base-model", "train", f),
         Step("data", "train"),
         Step("validate-data", "train"),
@@ -66,19 +67,25 @@ def plan(force: bool) -> list[Step]:
         Step("eval", "baseline"),
         Step("eval", "eval"),
         Step("compare", "eval"),
-        Step("gguf", "train", ["--force"], ["gguf.quant=Q8_0"]),
-        Step("gguf-check", "train", [], ["gguf.quant=Q8_0"]),
-        Step("publish-hf", "train", ["--dry-run"], ["publish.repo_id=demo/personas"]),
     ]
+    for quant in gguf_types:
+        steps += [Step("gguf", "train", ["--force"], [f"gguf.quant={quant}"]),
+                  Step("gguf-check", "train", [], [f"gguf.quant={quant}"])]
+    return steps
+
+
+def plan(force: bool) -> list[Step]:
+    return pipeline_steps(force, ("Q8_0",)) + [Step("publish-hf", "train", ["--dry-run"], ["publish.repo_id=demo/personas"])]
 
 
 def _figures(step: Step, cfg: Config, run_dir: Path | None) -> tuple[str, str]:
     """One line of key figures and where the stage's output lies (read back from its files)."""
     out = cfg.outputs_dir
     if step.stage == "base-model":
-        info = _read_json(cfg.resolve(cfg.model.name_or_path) / "build_info.json")
-        return (f"{info.get('parameters', 0) / 1e6:.1f}M params, vocab {info.get('vocab_size')}",
-                str(cfg.resolve(cfg.model.name_or_path)))
+        folder = cfg.resolve(cfg.model.name_or_path)
+        info = _read_json(folder / "build_info.json") or _read_json(folder / "provenance.json")
+        what = f", dequantized from {info['dequantized_from']}" if "dequantized_from" in info else f", vocab {info.get('vocab_size')}"
+        return f"{info.get('parameters', 0) / 1e6:.1f}M params{what}", str(folder)
     if step.stage == "data":
         stats = _read_json(cfg.resolve(cfg.generate.output_dir) / "stats.json")
         recs = stats.get("records", {})
@@ -100,8 +107,9 @@ def _figures(step: Step, cfg: Config, run_dir: Path | None) -> tuple[str, str]:
     if step.stage == "compare":
         return "", str(run_dir / "compare")
     if step.stage == "gguf-check":
-        c = _read_json(run_dir / "gguf" / "check-Q8_0.json")
-        return (f"top-1 agree {_fmt(c.get('top1_agreement'))}, max |dlogit| {_fmt(c.get('max_logit_diff'), 4)}, "
+        quant = next((o.split("=", 1)[1] for o in step.overrides if o.startswith("gguf.quant=")), cfg.gguf.quant)
+        c = _read_json(run_dir / "gguf" / f"check-{quant.upper()}.json")
+        return (f"{quant}: top-1 agree {_fmt(c.get('top1_agreement'))}, max |dlogit| {_fmt(c.get('max_logit_diff'), 4)}, "
                 f"greedy equal {c.get('greedy_equal', '-')}/{c.get('prompts', '-')}", str(run_dir / "gguf"))
     if step.stage == "gguf":
         return "", str(run_dir / "gguf")
@@ -110,27 +118,26 @@ def _figures(step: Step, cfg: Config, run_dir: Path | None) -> tuple[str, str]:
     return "", ""
 
 
-def run(cfg: Config, *, force: bool = False, overrides: tuple[str, ...] = ()) -> int:
+def run_plan(cfg: Config, steps: list[Step], overrides: tuple[str, ...] = ()) -> str:
+    """Run ``steps`` with the train config ``cfg`` and its eval siblings; returns the table of what happened."""
     from persona_pipeline.cli import STAGES, _resolve, build_parser, stage_kwargs
     from persona_pipeline.core.runs import resolve_run
 
     if cfg.source_file is None:
         raise PipelineError("demo: config has no source file")
-    overrides = list(overrides)
     configs = {
         "train": cfg.source_file,
         "eval": _sibling(cfg.source_file, "eval_"),
         "baseline": _sibling(cfg.source_file, "eval_", "_baseline"),
     }
     stages = {s.name: s for s in STAGES}
-    steps = plan(force)
     run_dir: Path | None = None
     total = time.perf_counter()
     for i, step in enumerate(steps, 1):
         argv = [step.stage, "--config", str(configs[step.config]), *step.flags]
         if "run" in stages[step.stage].options:
             argv += ["--run", str(run_dir) if run_dir else "latest"]
-        argv += overrides + step.overrides
+        argv += list(overrides) + step.overrides
         print(f"\n=== [{i}/{len(steps)}] {step.stage} ({configs[step.config].name}) ===", flush=True)
         stage_args = build_parser().parse_args(argv)
         stage_cfg = load_config(stage_args.config, stage_args.overrides)
@@ -138,13 +145,16 @@ def run(cfg: Config, *, force: bool = False, overrides: tuple[str, ...] = ()) ->
         rc = _resolve(stages[step.stage].target)(stage_cfg, **stage_kwargs(stages[step.stage], stage_args)) or 0
         step.seconds = time.perf_counter() - start
         if rc != 0:
-            raise PipelineError(f"demo stopped: stage {step.stage} exited with {rc}")
+            raise PipelineError(f"stopped: stage {step.stage} exited with {rc}")
         if step.stage == "train":
             run_dir = resolve_run(stage_cfg.runs_dir, "latest")
         step.figures, step.output = _figures(step, stage_cfg, run_dir)
         print(f"[{step.stage}] {step.seconds:.1f}s  {step.figures}", flush=True)
-    elapsed = time.perf_counter() - total
-    print(_table(steps, elapsed))
+    return _table(steps, time.perf_counter() - total)
+
+
+def run(cfg: Config, *, force: bool = False, overrides: tuple[str, ...] = ()) -> int:
+    print(run_plan(cfg, plan(force), overrides))
     return 0
 
 

@@ -27,6 +27,7 @@ from typing import Any
 from persona_pipeline.core.config import Config
 from persona_pipeline.core.errors import DataError, PipelineError
 from persona_pipeline.core.fsutil import atomic_dir
+from persona_pipeline.core.prompt_format import render_prompt
 
 log = logging.getLogger(__name__)
 
@@ -318,7 +319,8 @@ def evaluate(cfg: Config, run_dir: Path | None, *, out_dir: Path | None = None) 
     model, tokenizer, model_desc = load_eval_model(cfg, run_dir)
     t1 = time.perf_counter()
     settings = GenerationSettings.from_config(cfg)
-    gens = generate(model, tokenizer, [r["prompt"] for r in chosen], settings, batch_size=cfg.eval.batch_size, desc=f"eval {cfg.eval.source}")
+    prompts = [render_prompt(r["prompt"], cfg.model.prompt_format, tokenizer) for r in chosen]
+    gens = generate(model, tokenizer, prompts, settings, batch_size=cfg.eval.batch_size, desc=f"eval {cfg.eval.source}")
     t2 = time.perf_counter()
     del model
 
@@ -349,7 +351,7 @@ def evaluate(cfg: Config, run_dir: Path | None, *, out_dir: Path | None = None) 
         "eval_set": {"path": str(eval_path), "sha256": eval_sha, "n_records": len(records), "n_evaluated": len(chosen),
                      "prompts_sha256": prompts_digest([(s["prompt"], s["reference"]) for s in samples])},
         "train_set": {"path": str(train_path), "sha256": train_sha, "n_records": len(train_records)},
-        "generation": {**settings.to_dict(), "batch_size": cfg.eval.batch_size},
+        "generation": {**settings.to_dict(), "batch_size": cfg.eval.batch_size, "prompt_format": cfg.model.prompt_format},
         **groups,
         "fidelity": fidelity,
         "embeddings": emb_status.to_dict(),

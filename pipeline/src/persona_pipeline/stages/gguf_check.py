@@ -22,6 +22,7 @@ from typing import Any
 from persona_pipeline.core.config import Config
 from persona_pipeline.core.errors import PipelineError
 from persona_pipeline.core.fsutil import atomic_write_json
+from persona_pipeline.core.prompt_format import format_prompt, render_prompt
 from persona_pipeline.stages.gguf import gguf_path, open_weights, read_hf_config
 from persona_pipeline.core.runs import resolve_run
 
@@ -113,7 +114,6 @@ def check_prompts(cfg: Config) -> tuple[list[str], str]:
 
 def builtin_prompts(cfg: Config, n: int) -> list[str]:
     from persona_pipeline.stages.ollama_create import persona_systems
-    from persona_pipeline.core.prompt_format import format_prompt
 
     systems = persona_systems(cfg)
     names = list(systems)
@@ -200,7 +200,8 @@ def _compare_prompt(model, tokenizer, llm, prompt: str, ids: list[int], max_new:
         margin = float(ref[first_div][hf_new[first_div]] - ref[first_div][cpp_new[first_div]])
     return {
         "prompt_tokens": len(ids),
-        "tokenization_equal": llm.tokenize(prompt) == ids,
+        # transformers turns special-token text (a chat template's <|im_start|>) into those tokens; so must llama.cpp.
+        "tokenization_equal": llm.tokenize(prompt, parse_special=True) == ids,
         "next_token_max_logit_diff": float(diff[0].max()),
         "max_logit_diff": float(diff.max()),
         "top1_agreement": float(top1.mean()),
@@ -226,6 +227,7 @@ def compare_with_llamacpp(cfg: Config, gguf_file: Path, merged: Path, prompts: l
     model, tokenizer = _hf_reference(cfg, merged)
     eos_ids = _eos_ids(model, tokenizer)
     max_new = cfg.gguf.check_max_new_tokens
+    prompts = [render_prompt(p, cfg.model.prompt_format, tokenizer) for p in prompts]
     encoded = [tokenizer(p)["input_ids"] for p in prompts]
     n_ctx = -(-(max(len(e) for e in encoded) + max_new + 8) // 256) * 256  # room for prompt + continuation
     with LlamaCppModel(gguf_file, n_ctx=n_ctx, threads=cfg.gguf.threads, auto_install=cfg.gguf.auto_install) as llm:

@@ -1,6 +1,7 @@
 """Stage ``tokenize``: prompt/completion records -> token ids with completion-only labels, cached.
 
-Each sample is ``prompt tokens (BOS added by the tokenizer) + completion tokens + EOS``;
+Each sample is ``prompt tokens (BOS added by the tokenizer) + completion tokens + EOS``, the prompt
+rendered per ``model.prompt_format`` (:mod:`persona_pipeline.core.prompt_format`);
 prompt tokens are labelled -100 so the loss covers only the persona's answer and
 its end. A sample longer than ``data.max_length`` loses prompt tokens from the left
 (right after BOS, so the most recent turn and the answer survive); only when the
@@ -29,6 +30,7 @@ from persona_pipeline.core.crypto import CryptoError, decrypt_bytes, encrypt_byt
 from persona_pipeline.stages.keys import data_key
 from persona_pipeline.core.errors import DataError
 from persona_pipeline.core.fsutil import atomic_write_bytes
+from persona_pipeline.core.prompt_format import render_completion, render_prompt
 from persona_pipeline.core.records import Record, read_records
 
 log = logging.getLogger(__name__)
@@ -162,8 +164,13 @@ def load_tokenized(cfg: Config, split: str, force: bool = False, tokenizer=None)
 
     key = data_key(cfg)
     data_path = _split_path(cfg, split)
-    records = read_records(data_path, key)
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg)
+    fmt = cfg.model.prompt_format
+    # The cache key hashes the rendered text, so a change of prompt format rebuilds the cache.
+    records = [
+        {"prompt": render_prompt(r["prompt"], fmt, tokenizer), "completion": render_completion(r["completion"], fmt)}
+        for r in read_records(data_path, key)
+    ]
     max_length = cfg.data.max_length
     digest = cache_key(records, tokenizer, max_length)
     path = cache_dir(cfg) / f"{split}-{digest[:16]}.tok.enc"
