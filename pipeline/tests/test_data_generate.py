@@ -65,6 +65,10 @@ def test_data_and_validate_produce_encrypted_leak_free_sets(generated):
     report = json.loads((out / "outputs" / "data_validation.json").read_text())
     assert report["ok"] and report["leakage"]["eval_samples_leaked"] == 0 and not report["schema_errors"]
     assert not {r["meta"]["group"] for r in train} & {r["meta"]["group"] for r in evals}
+    # Split by source: no eval answer quotes 8 words of a train answer (the old split: 78 of 95 did).
+    assert report["containment"]["eval_answers_sharing_run"] == 0
+    stats = json.loads((out / "data" / "stats.json").read_text())
+    assert stats["eval_answers_sharing_8_word_run"] == 0 and set(stats["held_out"]) == {"Tilda", "Ahsan", "Anis"}
 
 
 def test_records_follow_the_prompt_format_and_meta_contract(generated):
@@ -95,7 +99,7 @@ def test_stats_report_counts_without_private_text(generated):
     assert stats["records"]["train"] == len(train)
     assert sum(stats["counts"]["train"]["Tilda"].values()) == sum(r["meta"]["persona"] == "Tilda" for r in train)
     files = {t["file"]: t for t in stats["transcripts"]}
-    assert files["festival_panel_2019.txt"]["pairs"] == {"Tilda": 7, "Ahsan": 7}
+    assert files["festival_panel_2019.txt"]["samples"] == {"Tilda": 7, "Ahsan": 9}
     for r in train[:200]:  # no sample text in the stats
         assert r["completion"].strip()[:40] not in text
 

@@ -78,6 +78,39 @@ def test_leakage_fails_and_names_the_lines(tmp_path, capsys):
     assert "apples" not in json.dumps(report)  # the report holds no sample text
 
 
+QUOTE = ("Years later I still think of it, and of how the children planted every willow along the river "
+         "by hand while the rest of us argued about budgets, timetables and whether the soil would hold.")
+
+
+def run_with_one_quote(tmp_path: Path, n_fresh: int) -> tuple[int, dict]:
+    """Validate ``n_fresh`` new eval answers plus one that quotes 10 words of a train answer inside new text."""
+    train, _ = good_sets()
+    train.append(rec("Why the garden?", "The children planted every willow along the river by hand.", group="t9"))
+    evals = [rec(f"Fresh question {i} about the sea?", f"The sea number {i} is grey and wild today.", group=f"e{i}")
+             for i in range(n_fresh)] + [rec("What do you remember?", QUOTE, group="e99")]
+    rc = run_validate(tmp_path, write_jsonl(tmp_path / "t.jsonl", train), write_jsonl(tmp_path / "e.jsonl", evals))
+    return rc, json.loads((tmp_path / "outputs" / "data_validation.json").read_text())
+
+
+def test_a_quote_inside_a_longer_answer_counts_as_containment(tmp_path, capsys):
+    rc, report = run_with_one_quote(tmp_path, 20)
+    out = capsys.readouterr().out
+    # Jaccard cannot see this quote (the eval answer is mostly new words); an 8-word run can.
+    assert report["leakage"]["eval_samples_leaked"] == 0
+    c = report["containment"]
+    assert c["eval_answers_sharing_run"] == 1 and c["examples"] == [{"eval_line": 21, "train_line": 7, "share": 0.107}]
+    # 3 of the quote's 28 runs of 8 words are in the train answer.
+    assert c["max_share_of_runs"] == pytest.approx(3 / 28) and c["share_of_eval_answers"] == pytest.approx(1 / 21)
+    assert rc == 1 and "containment: 1 of 21 eval answers (4.8%) share a run of 8 words" in out
+    assert "validate-data: FAILED" in out and "willow" not in json.dumps(report)
+
+
+def test_containment_up_to_two_percent_passes(tmp_path, capsys):
+    rc, report = run_with_one_quote(tmp_path, 49)
+    assert report["containment"]["eval_answers_sharing_run"] == 1 and report["containment"]["share_of_eval_answers"] == 0.02
+    assert rc == 0 and "validate-data: OK" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize(
     "record, problem",
     [

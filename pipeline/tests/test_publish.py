@@ -74,7 +74,10 @@ def _cfg(tmp_path, tiny_model_dir, *extra):
 def test_dry_run_stages_model_gguf_and_card_with_real_metrics(tmp_path, tiny_model_dir, run_dir, capsys):
     from persona_pipeline.stages.publish_hf import forbidden_files, run
 
-    cfg = _cfg(tmp_path, tiny_model_dir, "publish.repo_id=me/personas")
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "stats.json").write_text(json.dumps({"origin_share": {"quote": 0.21, "quote_derived": 0.166, "invented": 0.624}}))
+    cfg = _cfg(tmp_path, tiny_model_dir, "publish.repo_id=me/personas", f"data.train={data / 'train.jsonl.enc'}")
     assert run(cfg, run=run_dir.name, dry_run=True) == 0
     staged = run_dir / "publish" / "tiny"
     names = sorted(str(p.relative_to(staged)) for p in staged.rglob("*") if p.is_file())
@@ -93,6 +96,7 @@ def test_dry_run_stages_model_gguf_and_card_with_real_metrics(tmp_path, tiny_mod
     assert "r=64, alpha=128" in card and "48 training and 12 held-out samples" in card
     assert "2.250 after" in card and "top-1 agreement 0.987" in card
     assert 'subfolder="tiny"' in card and "You are Tilda, " in card
+    assert "21.0% real quotes" in card and "16.6% derived from quotes" in card and "62.4% invented" in card
     for p in staged.rglob("*"):  # no data text anywhere
         assert b"PRIVATE-" not in p.read_bytes() if p.is_file() else True
 

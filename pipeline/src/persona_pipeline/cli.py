@@ -32,6 +32,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("base-model", "stages.base_model:run", "build the tiny local base model, or turn a GGUF shipped in a wheel into a HF folder (no Hub)", ("force",)),
     Stage("keygen", "stages.keys:keygen", "create the data encryption key file (mode 0600)", ("force",)),
     Stage("data", "stages.data:run", "generate persona train/eval sets (encrypted) from personas and transcripts"),
+    Stage("review", "stages.review:run", "walk through generated samples: accept / reject / edit / skip (encrypted decisions)"),
     Stage("validate-data", "stages.validate_data:run", "check schema, lengths, duplicates and train/eval leakage"),
     Stage("encrypt", "stages.keys:encrypt", "encrypt a plaintext JSONL file (INPUT) to INPUT.enc", ("input", "output")),
     Stage("decrypt", "stages.keys:decrypt", "decrypt the datasets (or INPUT) to plaintext under data/plaintext/", ("input", "output")),

@@ -126,10 +126,12 @@ class GenerateConfig:
     contrastive_per_persona: int = 20
     multi_turn_fraction: float = 0.2
     seed: int = 13
-    # Extracted transcript turns are trimmed at sentence boundaries to these lengths
-    # (questions keep their end, answers their start) so samples fit data.max_length.
+    # Transcript questions are trimmed at sentence boundaries (keeping their end), and longer persona
+    # turns split into pieces of whole sentences, to these lengths so samples fit data.max_length.
     max_question_words: int = 80
     max_answer_words: int = 160
+    # make review's decisions (encrypted with the data key); make data applies them.
+    review_file: str = "data/review/decisions.json.enc"
 
 
 @dataclass

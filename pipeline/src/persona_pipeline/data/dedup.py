@@ -51,6 +51,12 @@ def shingles(text: str, n: int = 3) -> frozenset[str]:
     return frozenset(" ".join(words[i : i + n]) for i in range(len(words) - n + 1))
 
 
+def word_runs(text: str, n: int) -> set[str]:
+    """Every run of ``n`` consecutive normalised words (none when the text is shorter)."""
+    words = normalize_words(text)
+    return {" ".join(words[i : i + n]) for i in range(len(words) - n + 1)}
+
+
 def jaccard(a: frozenset[str], b: frozenset[str]) -> float:
     if not a or not b:
         return 0.0
@@ -132,13 +138,21 @@ class Sample:
     seed_group: str | None = None  # samples with the same seed group always share a group
 
 
-def near_duplicate_groups(samples: Sequence[Sample], threshold: float) -> list[int]:
-    """A group index per sample: seed groups plus transitive near-duplicates (question or answer)."""
+def near_duplicate_groups(samples: Sequence[Sample], threshold: float, answer_run_words: int | None = None) -> list[int]:
+    """A group index per sample: seed groups plus transitive near-duplicates (question or answer).
+
+    With ``answer_run_words`` n, two samples whose answers share a run of n normalised words are linked too.
+    """
     uf = UnionFind(len(samples))
     first: dict[str, int] = {}
     for i, s in enumerate(samples):
         if s.seed_group is not None:
             uf.union(first.setdefault(s.seed_group, i), i)
+    if answer_run_words:
+        owner: dict[str, int] = {}
+        for i, s in enumerate(samples):
+            for run in word_runs(s.answer, answer_run_words):
+                uf.union(owner.setdefault(run, i), i)
     for texts in ([s.question for s in samples], [s.answer for s in samples]):
         for i, j, _ in similar_pairs([shingles(t) for t in texts], threshold):
             uf.union(i, j)

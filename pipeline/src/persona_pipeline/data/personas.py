@@ -32,6 +32,9 @@ class Fact:
     topic: str
     text: str
     ask: tuple[str, ...]
+    # "<transcript file>:<line>" refs of the turns that support the fact; empty = invented
+    # (written for this project; the file says so with `invented: true`).
+    source: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -95,7 +98,11 @@ _STYLE = {
     "closings": (True, "str_list"),
     "deflections": (True, "str_list"),
 }
-_FACT = {"topic": (True, "str"), "text": (True, "str"), "ask": (True, "str_list")}
+_FACT = {"topic": (True, "str"), "text": (True, "str"), "ask": (True, "str_list"),
+         "source": (False, "str_list"), "invented": (False, "bool")}
+_SOURCE_RE = re.compile(r"^(?P<file>[^\s:]+\.txt):(?P<line>[1-9]\d*)$")
+FACT_SOURCE_HINT = ("give `source: <transcript file>:<line>` (the persona's turn that supports the fact; "
+                    "a list for several) or mark it `invented: true`")
 _DOMAIN = {"domain": (True, "str"), "expert": (False, "str")}
 
 _NAME_RE = re.compile(r"^[A-Z][\w' -]{0,40}$")
@@ -131,6 +138,24 @@ def _texts(path: Path, where: str, value: Any) -> tuple[str, ...]:
     return tuple(_text(path, f"{where}[{i}]", v) for i, v in enumerate(value))
 
 
+def _fact_source(path: Path, where: str, raw: dict) -> tuple[str, ...]:
+    """A fact is either sourced (``source``: file:line refs) or marked ``invented: true``, never both or neither."""
+    has_source, invented = "source" in raw, raw.get("invented")
+    if "invented" in raw and invented is not True:
+        raise _fail(path, f"{where}.invented", f"expected true, got {invented!r}", hint=FACT_SOURCE_HINT)
+    if has_source == bool(invented):
+        msg = "has both a source and invented: true" if has_source else "has neither a source nor invented: true"
+        raise _fail(path, where, msg, hint=FACT_SOURCE_HINT)
+    if not has_source:
+        return ()
+    refs = [raw["source"]] if isinstance(raw["source"], str) else raw["source"]
+    refs = list(_texts(path, f"{where}.source", refs))
+    for ref in refs:
+        if not _SOURCE_RE.match(ref):
+            raise _fail(path, f"{where}.source", f"{ref!r} is not <transcript file>:<line>", hint=FACT_SOURCE_HINT)
+    return tuple(refs)
+
+
 def parse_persona(data: Any, path: Path) -> Persona:
     """Validate the parsed YAML of one persona file and build a :class:`Persona`."""
     _check_keys(path, "", data, _TOP)
@@ -159,7 +184,8 @@ def parse_persona(data: Any, path: Path) -> Persona:
         topic = _text(path, f"{where}.topic", raw["topic"])
         if topic not in topics:
             raise _fail(path, f"{where}.topic", f"unknown topic {topic!r}", hint=_suggest(topic, list(topics)).replace("keys", "topics"))
-        facts.append(Fact(topic, _text(path, f"{where}.text", raw["text"]), _texts(path, f"{where}.ask", raw["ask"])))
+        facts.append(Fact(topic, _text(path, f"{where}.text", raw["text"]), _texts(path, f"{where}.ask", raw["ask"]),
+                          _fact_source(path, where, raw)))
     empty = [t for t in topics if not any(f.topic == t for f in facts)]
     if empty:
         raise _fail(path, "topics", f"topic {empty[0]!r} has no facts", hint="add a fact with this topic, or remove the topic")

@@ -5,6 +5,10 @@ frames ("What does {topic} mean to you?"); the answer is one of the persona's
 openers, the fact (plus a companion fact on the same topic) and sometimes a
 closing phrase, all written in the persona's voice in its YAML file.
 
+A hypothetical answer is ``quote_derived`` when every fact in it has a transcript
+source (``facts[].source`` in the persona file), else ``invented``; contrastive
+answers are ``invented`` (the deflections are written for this project).
+
 Contrastive: questions about the domains in ``does_not_know`` (and, when the
 domain has an ``expert``, a few that mistake this persona for that one). The
 answer declines in the persona's own voice (``style.deflections``), names the
@@ -65,6 +69,17 @@ REDIRECT_LINES = [
 ]
 
 
+@dataclass(frozen=True)
+class Templates:
+    """The fixed answer lines of contrastive samples; train and eval draw from disjoint sets (data/split.py)."""
+
+    domain: tuple[str, ...] = tuple(DOMAIN_LINES)
+    expert: tuple[str, ...] = tuple(EXPERT_LINES)
+    redirect: tuple[str, ...] = tuple(REDIRECT_LINES)
+    # "No, I'm <name>, <system>." is the same words every time, so only one side may use it.
+    mistaken_identity: bool = True
+
+
 @dataclass
 class Draft:
     """A single-turn sample before grouping and splitting."""
@@ -76,8 +91,20 @@ class Draft:
     source: str
     seed_group: str
     conversation: str | None = None  # extracted: transcript conversation, for natural multi-turn chains
-    q_turn: int = -1
-    a_turn: int = -1
+    order: int = -1  # extracted: position in the conversation (real order)
+    # Provenance (ORIGINS): a real quote, derived from quotes (a sourced fact, a transformed quote),
+    # or invented (a fact without a transcript source, deflections written for this project).
+    origin: str = "invented"
+    derived_question: bool = False  # extracted: the question was derived, not asked in the transcript
+    reviewed: str | None = None  # accept | edit once a person reviewed it (make review)
+
+
+ORIGINS = ("quote", "quote_derived", "invented")
+
+
+def facts_origin(facts: Sequence[Fact]) -> str:
+    """``quote_derived`` when every fact in an answer has a transcript source, else ``invented``."""
+    return "quote_derived" if all(f.source for f in facts) else "invented"
 
 
 def _answer(p: Persona, rng: random.Random, facts: Sequence[Fact], closing: bool) -> str:
@@ -108,7 +135,8 @@ def hypothetical(p: Persona, n: int, seed: int) -> list[Draft]:
     rng.shuffle(frame_items)  # when n is small, spread the frame questions over topics and frames
     items = (fact_items + frame_items)[:n]
     return [
-        Draft(p.name, "hypothetical", q, _answer(p, rng, facts, closing=rng.random() < 0.5), p.source, f"h:{p.name}:{i}")
+        Draft(p.name, "hypothetical", q, _answer(p, rng, facts, closing=rng.random() < 0.5), p.source, f"h:{p.name}:{i}",
+              origin=facts_origin(facts))
         for i, (q, facts) in enumerate(items)
     ]
 
@@ -117,7 +145,7 @@ def _cap(text: str) -> str:
     return text[:1].upper() + text[1:]
 
 
-def contrastive(p: Persona, n: int, seed: int) -> list[Draft]:
+def contrastive(p: Persona, n: int, seed: int, lines: Templates = Templates()) -> list[Draft]:
     """``n`` samples where ``p`` is asked about a domain it does not know and says so, in its own voice."""
     rng = random.Random(f"{seed}|contrastive|{p.name}")
     items: list[tuple[str, Domain, bool]] = []
@@ -125,7 +153,7 @@ def contrastive(p: Persona, n: int, seed: int) -> list[Draft]:
         for d in p.does_not_know:
             if k < len(CONTRASTIVE_FRAMES):
                 items.append((CONTRASTIVE_FRAMES[(k + len(items)) % len(CONTRASTIVE_FRAMES)].format(domain=d.domain), d, False))
-            if d.expert and k < len(MISTAKEN_FRAMES):
+            if d.expert and k < len(MISTAKEN_FRAMES) and lines.mistaken_identity:
                 items.append((MISTAKEN_FRAMES[k].format(expert=d.expert, domain=d.domain), d, True))
     # Interleave so the first n cover every domain and both question styles.
     plain = [it for it in items if not it[2]]
@@ -145,10 +173,10 @@ def contrastive(p: Persona, n: int, seed: int) -> list[Draft]:
             parts.append(f"No, I'm {p.name}, {p.system.rstrip('.')}.")
         else:
             parts.append(rng.choice(p.style.deflections))
-            parts.append(rng.choice(DOMAIN_LINES).format(domain=d.domain, Domain=_cap(d.domain)))
+            parts.append(rng.choice(lines.domain).format(domain=d.domain, Domain=_cap(d.domain)))
         if d.expert:
-            parts.append(rng.choice(EXPERT_LINES).format(expert=d.expert))
+            parts.append(rng.choice(lines.expert).format(expert=d.expert))
         fact = facts[i % len(facts)]
-        parts.append(rng.choice(REDIRECT_LINES).format(topic=fact.topic, fact=fact.text))
+        parts.append(rng.choice(lines.redirect).format(topic=fact.topic, fact=fact.text))
         drafts.append(Draft(p.name, "contrastive", question, " ".join(parts), p.source, f"c:{p.name}:{i}"))
     return drafts

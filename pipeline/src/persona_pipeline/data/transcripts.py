@@ -16,8 +16,12 @@ out and which label means which persona::
         ...
 
 ``human`` marks a questioner: their turns become the ``Human:`` side of a pair.
-Pairs are (question turn, persona answer turn): a persona turn that follows a
-``human`` turn, or another persona's turn containing a question mark.
+Every persona turn becomes a sample (see :func:`extract_pairs`): one that follows a
+``human`` turn, or another persona's turn containing a question mark, is paired with
+that question; one that no question preceded (a monologue, a reply to another persona,
+a turn after an interruption) gets a question derived from its content
+(:func:`derive_question`); a turn longer than ``generate.max_answer_words`` is split into
+pieces at sentence boundaries (:func:`split_answer`), each a sample, in conversation order.
 Consecutive lines of one speaker are merged; timestamps, headings, editorial
 notes, stage directions (``[Applause]``) and fillers (``Mm.``, ``Yes.``) are dropped.
 """
@@ -25,8 +29,10 @@ notes, stage directions (``[Applause]``) and fillers (``Mm.``, ``Yes.``) are dro
 from __future__ import annotations
 
 import logging
+import math
 import re
-from collections import Counter
+import zlib
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -172,6 +178,11 @@ class Turn:
     line: int  # 1-based line where the turn starts
     section: int
     parts: list[str] = field(default_factory=list)
+    end: int = 0  # 1-based line of the turn's last text (a fact's source must fall in line..end)
+
+    def add(self, text: str, lineno: int) -> None:
+        self.parts.append(text)
+        self.end = max(self.end, lineno)
 
     @property
     def text(self) -> str:
@@ -185,23 +196,30 @@ class Turn:
 
 @dataclass
 class TranscriptStats:
-    """What ingestion did with one transcript (labels and counts only, never speech)."""
+    """What ingestion did with one transcript (labels and counts only, never speech).
+
+    Every persona turn is accounted for: ``persona_turns`` = ``used_turns`` + the
+    turns in ``dropped`` (per persona and reason), and ``samples`` >= ``used_turns``
+    because long turns are split into several samples.
+    """
 
     file: str
     status: str = "ok"  # ok | missing
     lines: int = 0
     turns: int = 0
     usable_turns: int = 0
-    pairs: dict[str, int] = field(default_factory=dict)
+    persona_turns: dict[str, int] = field(default_factory=dict)
+    used_turns: dict[str, int] = field(default_factory=dict)
+    dropped: dict[str, dict[str, int]] = field(default_factory=dict)  # persona -> reason -> turns
+    samples: dict[str, int] = field(default_factory=dict)
+    derived_questions: int = 0  # samples whose question was derived (no question preceded the piece)
+    split_turns: int = 0  # turns longer than max_answer_words, split at sentence boundaries
     unmapped_speakers: dict[str, int] = field(default_factory=dict)
     skipped_speakers: dict[str, int] = field(default_factory=dict)
-    unpaired_persona_turns: int = 0
-    short_answers: int = 0
-    question_turns: int = 0
     timestamps: int = 0
     notes: int = 0
     fillers: int = 0
-    trimmed: int = 0
+    trimmed_questions: int = 0
 
 
 def clean_text(text: str) -> str:
@@ -249,9 +267,9 @@ def parse_transcript(path: Path, smap: SpeakerMap) -> tuple[list[Turn], Transcri
         role = section.role(label)
         if role is None:
             role = "unmapped" if section.unlisted == "warn" else "skip"
-        turn = Turn(label=label.strip(), role=role, line=lineno, section=sec_idx)
+        turn = Turn(label=label.strip(), role=role, line=lineno, section=sec_idx, end=lineno)
         if text:
-            turn.parts.append(text)
+            turn.add(text, lineno)
         turns.append(turn)
         return turn
 
@@ -277,7 +295,7 @@ def parse_transcript(path: Path, smap: SpeakerMap) -> tuple[list[Turn], Transcri
                 if label:
                     stats.timestamps += 1
                 if text and current is not None:
-                    current.parts.append(text)
+                    current.add(text, lineno)
                 elif text:
                     stats.notes += 1
                 continue
@@ -294,7 +312,7 @@ def parse_transcript(path: Path, smap: SpeakerMap) -> tuple[list[Turn], Transcri
                 current = None  # on-screen text or subtitles: nobody's speech
                 stats.notes += 1
             elif current is not None:
-                current.parts.append(clean_text(stripped))
+                current.add(clean_text(stripped), lineno)
             else:
                 stats.notes += 1
             continue
@@ -308,7 +326,7 @@ def parse_transcript(path: Path, smap: SpeakerMap) -> tuple[list[Turn], Transcri
             continue
         text = clean_text(stripped)
         if current is not None and text and not _BRACKETED.match(stripped) and _is_continuation(text):
-            current.parts.append(text)
+            current.add(text, lineno)
         else:
             stats.notes += 1
 
@@ -330,32 +348,37 @@ def _merge(turns: list[Turn], stats: TranscriptStats) -> list[Turn]:
             stats.skipped_speakers[t.label] = stats.skipped_speakers.get(t.label, 0) + 1
         if merged and merged[-1].key == t.key and merged[-1].section == t.section:
             merged[-1].parts.extend(t.parts)
+            merged[-1].end = max(merged[-1].end, t.end)
         else:
-            merged.append(Turn(t.label, t.role, t.line, t.section, list(t.parts)))
+            merged.append(Turn(t.label, t.role, t.line, t.section, list(t.parts), t.end))
     stats.turns = len(merged)
     stats.usable_turns = sum(t.role not in ("skip", "unmapped") for t in merged)
     return merged
 
 
-# --------------------------------------------------------------------------- pairing
+# --------------------------------------------------------------------------- samples
 
 
 @dataclass
 class Pair:
-    """One extracted (question, answer) pair; ``answer`` is a real turn of ``persona``."""
+    """One extracted sample: ``answer`` is real speech of ``persona`` (a whole turn or a piece of one)."""
 
     persona: str
     question: str
     answer: str
-    source: str  # "<file>:<line of the answer turn>"
-    conversation: str  # "<file>#<section>": pairs in one conversation can chain into multi-turn prompts
-    q_turn: int
-    a_turn: int
+    source: str  # "<file>:<line where the turn starts>" (every piece of a turn shares it)
+    conversation: str  # "<file>#<section>": samples in one conversation chain into multi-turn prompts
+    order: int  # position in the conversation (real order; the pieces of a turn are consecutive)
+    derived: bool  # True: the question comes from derive_question, not from the transcript
+    piece: int = 0  # 0-based piece of a turn split at sentence boundaries
+    end: int = 0  # last line of the turn (a persona fact's source may point anywhere in source..end)
 
 
 _QUESTION_START = re.compile(
     r"^(do|does|did|would|could|can|will|shall|should|is|are|was|were|what|why|how|when|where|who|which)\b", re.I
 )
+DROP_SHORT = f"shorter than {MIN_ANSWER_WORDS} words"
+DROP_HANDOVER = "asks the next speaker"
 
 
 def is_question(text: str) -> bool:
@@ -391,34 +414,166 @@ def trim_words(text: str, limit: int, keep: str) -> tuple[str, bool]:
     return " ".join(out if keep == "head" else out[::-1]), True
 
 
+def split_answer(text: str, limit: int) -> list[str]:
+    """Split a long turn into pieces of whole sentences, each at most ``limit`` words, of similar size.
+
+    The number of pieces is the fewest that fit (ceil(words / limit)); a piece closes once it
+    reaches the even share, so a 170-word turn with limit 160 gives two ~85-word pieces, not
+    160 + 10. A single sentence longer than ``limit`` is cut at word boundaries.
+    """
+    words = len(text.split())
+    if words <= limit:
+        return [text]
+    sents: list[str] = []
+    for s in _sentences(text):
+        ws = s.split()
+        sents.extend(" ".join(ws[k : k + limit]) for k in range(0, len(ws), limit))
+    target = words / math.ceil(words / limit)
+    pieces: list[list[str]] = [[]]
+    n = 0
+    for s in sents:
+        w = len(s.split())
+        if pieces[-1] and (n + w > limit or n >= target):
+            pieces.append([])
+            n = 0
+        pieces[-1].append(s)
+        n += w
+    out = [" ".join(p) for p in pieces]
+    if len(out) > 1 and len(out[-1].split()) < MIN_ANSWER_WORDS:  # a stray tail joins its neighbour
+        out[-2:] = [out[-2] + " " + out[-1]]
+    return out
+
+
+# Common English words that say nothing about what a turn is about (for derive_question).
+_STOPWORDS = frozenset("""
+a about above after again against all almost also although always am among an and another any anyone anything are
+around as at away back be because been before being below between both but by came can cannot come could did do
+does doing done down during each either else enough even ever every everyone everything few first for from further
+get gets getting give go goes going gone good got great had has have having he her here hers herself him himself his
+how however i if in into is it its itself just keep kind know known last least less let like little lot lots made
+make makes making many may maybe me mean means might more most much must my myself need never new next no nor not
+nothing now of off often oh okay on once one only or other others our ours ourselves out over own part people
+perhaps place put quite rather really right said same say saying says see seem seems she should since so some
+someone something sometimes sort still such sure take than that the their theirs them themselves then there these
+they thing things think this those though thought through time times to together too towards two under until up upon
+us use used very want wanted was way ways we well went were what whatever when where whether which while who whole
+whom whose why will with within without would yeah yes yet you your yours yourself actually anyway basically called
+certainly course definitely different especially exactly fact feel felt find found gave given going happen happened
+important interesting left long look looking looked mind moment obviously probably quite simply tell told try trying
+understand wonderful year years day days able thank thanks please
+""".split())
+# Frames for a derived question; the two content words make questions of different turns differ
+# (identical questions would make unrelated samples near-duplicates of each other).
+DERIVED_FRAMES = (
+    "What do you think about {a} and {b}?",
+    "Can you tell me about {a} and {b}?",
+    "How do you see {a} and {b}?",
+    "What comes to mind when you think of {a} and {b}?",
+    "Talk to me about {a} and {b}.",
+    "What would you say about {a} and {b}?",
+)
+SINGLE_FRAMES = ("What do you think about {a}?", "Can you tell me about {a}?", "What would you say about {a}?")
+
+
+_NOUN_CUES = frozenset("the a an this that these those my our your their his her its of about for with".split())
+
+
+def key_words(text: str, n: int = 2) -> list[str]:
+    """The ``n`` words that best name what ``text`` is about (a cheap stand-in for a noun tagger).
+
+    Candidates are content words (4+ letters, not in ``_STOPWORDS``, not ``-ly``): names
+    (capitalised in mid-sentence, such as ``Dhaka``) and words right after a determiner,
+    possessive or ``of/about/for/with`` come first; then any other content word. Within
+    each class, more frequent first, ties by first occurrence. Names keep their capital.
+    """
+    tokens = list(re.finditer(r"[A-Za-z][A-Za-z'-]*", text))
+    counts: Counter[str] = Counter()
+    first: dict[str, int] = {}
+    shown: dict[str, str] = {}
+    cued: set[str] = set()
+    for pos, m in enumerate(tokens):
+        word = m.group().strip("'-").removesuffix("'s")
+        low = word.lower()
+        if low.endswith("s") and low[:-1] in counts:  # "questions" after "question": one word
+            low = low[:-1]
+        if len(low) < 4 or low in _STOPWORDS or low.endswith("ly"):
+            continue
+        counts[low] += 1
+        first.setdefault(low, pos)
+        mid_sentence = m.start() > 0 and not re.search(r"[.!?]\s*[\"']?\s*$", text[: m.start()])
+        if word[:1].isupper() and mid_sentence:
+            shown[low] = word
+            cued.add(low)
+        else:
+            shown.setdefault(low, low)
+        if pos > 0 and tokens[pos - 1].group().lower() in _NOUN_CUES:
+            cued.add(low)
+    ranked = sorted(counts, key=lambda w: (w not in cued, -counts[w], first[w]))
+    return [shown[w] for w in ranked[:n]]
+
+
+def derive_question(answer: str, source: str) -> str:
+    """A question for a persona turn (or piece) that no question preceded. The documented rule:
+
+    take the two most frequent content words of the answer (``key_words``) and put them in one
+    of ``DERIVED_FRAMES``, chosen by a stable hash of the sample's source and piece, so the
+    question is about what the speaker actually talks about and the data stays deterministic.
+    """
+    words = key_words(answer)
+    frames = DERIVED_FRAMES if len(words) == 2 else SINGLE_FRAMES
+    frame = frames[zlib.crc32(source.encode()) % len(frames)]
+    if not words:
+        return "What would you like to say?"
+    return frame.format(a=words[0], b=words[-1])
+
+
 def extract_pairs(
     turns: list[Turn], stats: TranscriptStats, *, max_question_words: int, max_answer_words: int
 ) -> list[Pair]:
+    """Every persona turn becomes one or more samples, in the order of the conversation.
+
+    The first piece of a turn that follows a question (a ``human`` turn, or another persona's
+    turn with a question mark) is paired with that question; every other piece gets a derived
+    question (:func:`derive_question`). A turn is dropped only when it is shorter than
+    ``MIN_ANSWER_WORDS`` or is itself a question handed to the next (persona) speaker; drops are
+    counted per persona and reason in ``stats.dropped``.
+    """
     pairs: list[Pair] = []
+    order: dict[int, int] = defaultdict(int)
     for i, turn in enumerate(turns):
         if turn.role in (HUMAN, "skip", "unmapped"):
+            continue
+        who = turn.role
+        stats.persona_turns[who] = stats.persona_turns.get(who, 0) + 1
+        nxt = turns[i + 1] if i + 1 < len(turns) else None
+        reason = None
+        if len(turn.text.split()) < MIN_ANSWER_WORDS:
+            reason = DROP_SHORT
+        elif is_question(turn.text) and nxt is not None and nxt.section == turn.section and nxt.role not in (HUMAN, "skip", "unmapped"):
+            reason = DROP_HANDOVER  # a moderator handing the next question to a guest is not an answer
+        if reason:
+            stats.dropped.setdefault(who, {})
+            stats.dropped[who][reason] = stats.dropped[who].get(reason, 0) + 1
             continue
         prev = turns[i - 1] if i > 0 else None
         asks = prev is not None and prev.section == turn.section and prev.key != turn.key and (
             prev.role == HUMAN or (prev.role not in ("skip", "unmapped") and "?" in prev.text)
         )
-        if not asks:
-            stats.unpaired_persona_turns += 1
-            continue
-        if len(turn.text.split()) < MIN_ANSWER_WORDS:
-            stats.short_answers += 1
-            continue
-        nxt = turns[i + 1] if i + 1 < len(turns) else None
-        if is_question(turn.text) and (nxt is None or nxt.role not in (HUMAN, "skip", "unmapped")):
-            stats.question_turns += 1  # a moderator handing the next question to a guest is not an answer
-            continue
-        question, q_cut = trim_words(prev.text, max_question_words, "tail")
-        answer, a_cut = trim_words(turn.text, max_answer_words, "head")
-        stats.trimmed += int(q_cut) + int(a_cut)
-        pairs.append(
-            Pair(turn.role, question, answer, f"{stats.file}:{turn.line}", f"{stats.file}#{turn.section}", i - 1, i)
-        )
-        stats.pairs[turn.role] = stats.pairs.get(turn.role, 0) + 1
+        pieces = split_answer(turn.text, max_answer_words)
+        stats.split_turns += int(len(pieces) > 1)
+        source = f"{stats.file}:{turn.line}"
+        for k, piece in enumerate(pieces):
+            if k == 0 and asks and prev is not None:
+                question, cut = trim_words(prev.text, max_question_words, "tail")
+                stats.trimmed_questions += int(cut)
+            else:
+                question = derive_question(piece, f"{source}#{k}")
+                stats.derived_questions += 1
+            conv = f"{stats.file}#{turn.section}"
+            pairs.append(Pair(who, question, piece, source, conv, order[turn.section], not (k == 0 and asks), k, turn.end))
+            order[turn.section] += 1
+        stats.used_turns[who] = stats.used_turns.get(who, 0) + 1
+        stats.samples[who] = stats.samples.get(who, 0) + len(pieces)
     return pairs
 
 
@@ -459,6 +614,38 @@ def ingest_all(cfg: Config, personas: dict[str, Persona]) -> tuple[list[Pair], l
         pairs.extend(got)
         all_stats.append(stats)
     return pairs, all_stats
+
+
+def check_fact_sources(personas: dict[str, Persona], pairs: list[Pair], transcripts: list[TranscriptStats]) -> dict[str, dict[str, int]]:
+    """Check every ``facts[].source`` against the ingested turns; count sourced / invented facts.
+
+    A ref ``file:line`` must fall inside a used turn of that persona in that transcript
+    (a DataError names the persona file and fact otherwise). Refs to a transcript that is
+    absent on this machine or not in ``generate.transcripts`` are counted as ``unchecked_refs``.
+    """
+    spans: dict[tuple[str, str], list[tuple[int, int]]] = defaultdict(list)
+    for p in pairs:
+        file, line = p.source.rsplit(":", 1)
+        spans[(p.persona, file)].append((int(line), p.end))
+    status = {t.file: t.status for t in transcripts}
+    out: dict[str, dict[str, int]] = {}
+    for persona in personas.values():
+        counts = {"facts": len(persona.facts), "sourced": 0, "invented": 0, "unchecked_refs": 0}
+        for i, fact in enumerate(persona.facts):
+            counts["sourced" if fact.source else "invented"] += 1
+            for ref in fact.source:
+                file, line = ref.rsplit(":", 1)
+                if status.get(file, "missing") == "missing":  # absent here, or not in this config
+                    counts["unchecked_refs"] += 1
+                    continue
+                if not any(a <= int(line) <= b for a, b in spans.get((persona.name, file), [])):
+                    raise DataError(
+                        f"{persona.path}: facts[{i}].source: {ref} is not inside a turn of {persona.name}",
+                        hint=f"point at a line of one of {persona.name}'s turns in {file} (see its speaker map), "
+                             "or mark the fact `invented: true`",
+                    )
+        out[persona.name] = counts
+    return out
 
 
 OWN_TRANSCRIPTS_DIR = "data/transcripts"

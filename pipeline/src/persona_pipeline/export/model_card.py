@@ -3,7 +3,8 @@
 It reads what the run folder already holds, defensively (a missing file reads
 "not evaluated yet", never an error): the resolved ``config.yaml`` (LoRA
 settings), ``train_summary.json``, ``eval/metrics.json`` and the baseline
-eval, the GGUF files and their ``check-<QUANT>.json``.
+eval, the GGUF files and their ``check-<QUANT>.json``; and the data's provenance
+shares from the ``stats.json`` that ``make data`` wrote beside the training data.
 """
 
 from __future__ import annotations
@@ -95,6 +96,18 @@ def metrics_section(cfg: Config, run_dir: Path) -> list[str]:
     return lines + [""]
 
 
+def _provenance(cfg: Config, run_dir: Path) -> str:
+    """Shares of real quotes / quote-derived / invented records, from ``stats.json`` beside the training data."""
+    train = (_run_config(cfg, run_dir).get("data") or {}).get("train") or cfg.data.train
+    stats = _read_json(cfg.resolve(train).parent / "stats.json") or {}
+    share = stats.get("origin_share")
+    if not isinstance(share, dict) or not share:
+        return "not available (no stats.json with origin shares beside the training data; run make data)"
+    return (f"{share.get('quote', 0):.1%} real quotes from the documentary transcripts, "
+            f"{share.get('quote_derived', 0):.1%} derived from quotes (rephrased quotes, answers from transcript-sourced facts), "
+            f"{share.get('invented', 0):.1%} invented for this project (facts and deflections without a transcript source)")
+
+
 def _bash_quote(text: str) -> str:
     """$'...' quoting so that the prompt's newlines survive the shell."""
     return "$'" + text.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n") + "'"
@@ -172,8 +185,8 @@ def build_model_card(
             f"tokens seen: {_num(summary.get('tokens_seen'))}, trainable parameters: {_num(summary.get('trainable_parameters'))}",
             f"- eval loss: {_num(summary.get('base_eval_loss'))} before training, {_num(summary.get('final_eval_loss'))} after",
             f"- data: {_num(samples.get('train'))} training and {_num(samples.get('eval'))} held-out samples "
-            "(question/answer pairs in each persona's voice, generated from the personas' public statements; "
-            "the data itself is private and not published)",
+            "(question/answer pairs in each persona's voice; the data itself is private and not published)",
+            f"- data provenance: {_provenance(cfg, run_dir)}",
         ]
     else:
         lines.append("- training summary: not available")
@@ -199,6 +212,7 @@ def build_model_card(
     ]
     lines += _gguf_section(run_dir, repo_id, subfolder, gguf_files, example)
     lines += ["## Limitations", "",
-              "The model imitates how these people speak about their own work; it can state things they never said. "
+              "The model imitates how these people speak about their own work; it can state things they never said "
+              "(see the data provenance above: most facts in the data were written for this project). "
               "Do not present its answers as quotes.", ""]
     return "\n".join(lines)

@@ -1,11 +1,14 @@
 """`make data`: build the encrypted persona train/eval sets and a stats report.
 
-Steps: load personas -> ingest transcripts (*extracted*) -> *hypothetical* and
-*contrastive* samples from persona files -> *transformed* variants of extracted
-and hypothetical samples -> near-duplicate groups (transformed variants share
-their source's group) -> group-aware split, stratified by persona and kind ->
-multi-turn prompts composed inside each split (so they cannot leak) -> write
-``train.jsonl.enc``, ``eval.jsonl.enc`` and ``stats.json`` (counts only, no text).
+Steps: load personas -> ingest transcripts (*extracted*) -> split the sources
+(data/split.py: transcript turns by near-duplicate group; persona topics, facts,
+domains and style phrases into a train and an eval view) -> per side,
+*hypothetical* and *contrastive* samples from that side's views and *transformed*
+variants of its extracted and hypothetical samples -> groups linking
+near-duplicates and answers that share an 8-word run; a group reaching into
+train goes to train whole -> multi-turn prompts composed inside each split (so
+they cannot leak) -> write ``train.jsonl.enc``, ``eval.jsonl.enc`` and
+``stats.json`` (counts only, no text).
 """
 
 from __future__ import annotations
@@ -20,14 +23,16 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Sequence
 
 from persona_pipeline.data.dedup import Sample, near_duplicate_groups, split_groups
+from persona_pipeline.data.split import containment, eval_count, hold_out, settle, split_templates
 from persona_pipeline.core.fsutil import atomic_write_json
 from persona_pipeline.stages.keys import ensure_key
 from persona_pipeline.data.personas import Persona, load_personas
 from persona_pipeline.core.prompt_format import format_completion, format_prompt
 from persona_pipeline.core.records import Record, write_records
 from persona_pipeline.data.rephrase import transform
-from persona_pipeline.data.synth import Draft, contrastive, hypothetical
-from persona_pipeline.data.transcripts import Pair, TranscriptStats, ingest_all
+from persona_pipeline.data.review import Decision, apply_decisions, load_decisions
+from persona_pipeline.data.synth import ORIGINS, Draft, Templates, contrastive, hypothetical
+from persona_pipeline.data.transcripts import Pair, TranscriptStats, check_fact_sources, ingest_all
 
 if TYPE_CHECKING:  # pragma: no cover
     from persona_pipeline.core.config import Config
@@ -46,8 +51,10 @@ class Dataset:
 
 
 def _extracted(pairs: list[Pair], personas: dict[str, Persona]) -> list[Draft]:
+    # Pieces of one turn share the turn's source and so its seed group: they stay on one side of the split.
     return [
-        Draft(p.persona, "extracted", p.question, p.answer, p.source, f"x:{p.source}", p.conversation, p.q_turn, p.a_turn)
+        Draft(p.persona, "extracted", p.question, p.answer, p.source, f"x:{p.source}", p.conversation, p.order,
+              origin="quote", derived_question=p.derived)
         for p in pairs
         if p.persona in personas
     ]
@@ -59,7 +66,8 @@ def _transformed(drafts: list[Draft], personas: dict[str, Persona], per_sample: 
         for k in range(1, per_sample + 1):
             q, a = transform(d.question, d.answer, personas[d.persona].style.openers, d.source + "|" + d.question, k)
             if (q, a) != (d.question, d.answer):
-                out.append(Draft(d.persona, "transformed", q, a, d.source, d.seed_group))
+                origin = "invented" if d.origin == "invented" else "quote_derived"
+                out.append(Draft(d.persona, "transformed", q, a, d.source, d.seed_group, origin=origin))
     return out
 
 
@@ -85,16 +93,17 @@ def _compose_multi_turn(
     target = round(fraction * len(singles))
     out: list[tuple[list[Draft], Draft, str]] = []
     used: set[tuple[int, ...]] = set()
-    # Natural: the next question in the same transcript conversation follows this answer directly.
+    # Natural: a persona's consecutive samples in one transcript conversation, in their real order
+    # (the pieces of a split turn, or the next answer the persona gave).
     extracted = sorted(
         (i for i, (d, _) in enumerate(singles) if d.kind == "extracted"),
-        key=lambda i: (singles[i][0].conversation or "", singles[i][0].a_turn),
+        key=lambda i: (singles[i][0].conversation or "", singles[i][0].persona, singles[i][0].order),
     )
     for a, b in zip(extracted, extracted[1:]):
         da, db = singles[a][0], singles[b][0]
         if len(out) >= target:
             break
-        if da.conversation == db.conversation and da.persona == db.persona and db.q_turn == da.a_turn + 1:
+        if da.conversation == db.conversation and da.persona == db.persona:
             if _words(da.question, da.answer, db.question, db.answer) <= budget_words:
                 out.append(([da], db, singles[b][1]))
                 used.add((a, b))
@@ -133,31 +142,85 @@ def _record(p: Persona, final: Draft, group: str, history: Sequence[Draft] = ())
             "kind": final.kind,
             "group": group,
             "source": final.source,
+            "origin": final.origin,
+            "reviewed": final.reviewed,
             "turns": len(history) + 1,
         },
     }
 
 
-def build(cfg: Config, personas: dict[str, Persona], pairs: list[Pair]) -> Dataset:
+def _side_drafts(
+    cfg: Config, views: dict[str, Persona], extracted: list[Draft], lines: Templates, is_eval: bool,
+    decisions: dict[str, Decision],
+) -> tuple[list[Draft], dict[str, int]]:
+    """One side's single-turn drafts, generated only from that side's persona views and lines,
+    with the review decisions applied (and the review counts).
+
+    Decisions apply to the extracted / hypothetical / contrastive drafts first, so the
+    transformed variants are built from reviewed (edited, not rejected) answers, and then
+    to the transformed variants themselves.
+    """
+    g = cfg.generate
+    n_hypo, n_contra = (eval_count(n, g.eval_fraction) for n in (g.hypothetical_per_persona, g.contrastive_per_persona))
+    if not is_eval:
+        n_hypo, n_contra = g.hypothetical_per_persona - n_hypo, g.contrastive_per_persona - n_contra
+    hypo = [d for p in views.values() for d in hypothetical(p, n_hypo, g.seed)]
+    contra = [d for p in views.values() for d in contrastive(p, n_contra, g.seed, lines)]
+    base = extracted + hypo + contra
+    if is_eval:  # generated seed groups are numbered per persona and side; transcript ones name their turn
+        base = [dataclasses.replace(d, seed_group=f"eval|{d.seed_group}") for d in base]
+    base, counts = apply_decisions(base, decisions)
+    kept = [d for d in base if d.kind != "contrastive"]
+    trans, more = apply_decisions(_transformed(kept, views, g.transformed_per_sample), decisions)
+    for k, v in more.items():
+        counts[k] += v
+    return kept + trans + [d for d in base if d.kind == "contrastive"], counts
+
+
+def _views(cfg: Config, personas: dict[str, Persona]) -> dict[str, tuple[Persona, Persona]]:
+    """Each persona's (train, eval) views: topics and domains held out per side before generation."""
+    return {name: hold_out(p, cfg.generate.eval_fraction, cfg.generate.seed) for name, p in personas.items()}
+
+
+def make_drafts(
+    cfg: Config, personas: dict[str, Persona], pairs: list[Pair], decisions: dict[str, Decision] | None = None
+) -> tuple[list[list[Draft]], dict[str, int]]:
+    """The train and eval sides' single-turn drafts (review decisions applied) and the review counts."""
+    g = cfg.generate
+    views = _views(cfg, personas)
+    lines = split_templates(g.eval_fraction, g.seed)
+    extracted = _extracted(pairs, personas)
+    # Transcript turns: whole near-duplicate groups to one side, about eval_fraction of each persona's.
+    ex_groups = near_duplicate_groups([Sample(d.question, d.answer, d.seed_group) for d in extracted], g.near_duplicate_threshold)
+    ex_eval = split_groups(ex_groups, [d.persona for d in extracted], g.eval_fraction, g.seed)
+    sides, counts = [], {}
+    for side in (0, 1):
+        drafts, c = _side_drafts(cfg, {n: v[side] for n, v in views.items()},
+                                 [d for d, gi in zip(extracted, ex_groups) if (gi in ex_eval) == bool(side)],
+                                 lines[side], bool(side), decisions or {})
+        sides.append(drafts)
+        counts = {k: counts.get(k, 0) + v for k, v in c.items()}
+    return sides, counts
+
+
+def build(cfg: Config, personas: dict[str, Persona], pairs: list[Pair], decisions: dict[str, Decision] | None = None) -> Dataset:
     """Everything except reading inputs and writing outputs (pure and deterministic)."""
     g = cfg.generate
-    extracted = _extracted(pairs, personas)
-    hypo = [d for p in personas.values() for d in hypothetical(p, g.hypothetical_per_persona, g.seed)]
-    contra = [d for p in personas.values() for d in contrastive(p, g.contrastive_per_persona, g.seed)]
-    trans = _transformed(extracted + hypo, personas, g.transformed_per_sample)
-    drafts = _dedupe_exact(extracted + hypo + trans + contra)
-
-    samples = [Sample(d.question, d.answer, d.seed_group) for d in drafts]
-    group_idx = near_duplicate_groups(samples, g.near_duplicate_threshold)
-    base_kind = {d.seed_group: d.kind for d in drafts if d.kind != "transformed"}
-    strata = [f"{d.persona}/{base_kind.get(d.seed_group, d.kind)}" for d in drafts]
-    eval_groups = split_groups(group_idx, strata, g.eval_fraction, g.seed)
+    sides, review = make_drafts(cfg, personas, pairs, decisions)
+    views = _views(cfg, personas)
+    drafts = _dedupe_exact(sides[0] + sides[1])  # an exact duplicate keeps its train copy
+    eval_ids = {id(d) for d in sides[1]}
+    settled = settle([Sample(d.question, d.answer, d.seed_group) for d in drafts],
+                     [id(d) in eval_ids for d in drafts], g.near_duplicate_threshold)
+    group_idx = settled.groups
+    eval_groups = {gi for gi, e in zip(group_idx, settled.is_eval) if e}
 
     rng = random.Random(g.seed)
     budget = cfg.data.max_length // 2  # words; leaves room for the system line and subword splits
     splits: dict[str, list[Record]] = {}
     counts: dict[str, dict[str, dict[str, int]]] = {}
     multi: dict[str, int] = {}
+    origins: dict[str, dict[str, int]] = {}
     for split in ("train", "eval"):
         singles = [(d, f"g{gi:04d}") for d, gi in zip(drafts, group_idx) if (gi in eval_groups) == (split == "eval")]
         records = [_record(personas[d.persona], d, grp) for d, grp in singles]
@@ -170,6 +233,7 @@ def build(cfg: Config, personas: dict[str, Persona], pairs: list[Pair]) -> Datas
         for r in records:
             table[r["meta"]["persona"]][r["meta"]["kind"]] += 1
         counts[split] = table
+        origins[split] = {o: sum(r["meta"]["origin"] == o for r in records) for o in ORIGINS}
 
     sizes: dict[int, int] = defaultdict(int)
     for gi in group_idx:
@@ -181,6 +245,12 @@ def build(cfg: Config, personas: dict[str, Persona], pairs: list[Pair]) -> Datas
         "counts": counts,
         "multi_turn": multi,
         "singles_by_kind": {k: sum(d.kind == k for d in drafts) for k in KINDS},
+        # Provenance of every record (train + eval): real quotes, quote-derived, invented.
+        "origin": origins,
+        "origin_share": _shares({o: sum(origins[s][o] for s in origins) for o in ORIGINS}),
+        "derived_questions": sum(d.derived_question for d in drafts),
+        # Human review (make review): decisions applied to this data; stale = text changed since review.
+        "review": review,
         "groups": {
             "total": len(sizes),
             "eval": len(eval_groups),
@@ -188,9 +258,22 @@ def build(cfg: Config, personas: dict[str, Persona], pairs: list[Pair]) -> Datas
             "with_several_samples": sum(v > 1 for v in sizes.values()),
         },
         "near_duplicate_threshold": g.near_duplicate_threshold,
+        "held_out": {
+            name: {"topics": len(v[1].topics), "of_topics": len(personas[name].topics),
+                   "domains": len(v[1].does_not_know), "of_domains": len(personas[name].does_not_know)}
+            for name, v in views.items()
+        },
+        "moved_to_train": settled.moved,
+        "eval_answers_sharing_8_word_run": sum(c.share > 0 for c in containment(
+            [r["completion"] for r in splits["train"]], [r["completion"] for r in splits["eval"]])),
         "eval_fraction_target": g.eval_fraction,
     }
     return Dataset(splits["train"], splits["eval"], stats)
+
+
+def _shares(counts: dict[str, int]) -> dict[str, float]:
+    total = sum(counts.values())
+    return {k: round(v / total, 4) if total else 0.0 for k, v in counts.items()}
 
 
 def _table(stats: dict[str, Any], transcripts: list[TranscriptStats]) -> str:
@@ -202,12 +285,28 @@ def _table(stats: dict[str, Any], transcripts: list[TranscriptStats]) -> str:
             f"{sum(r[k] for r in stats['counts'][split].values()):>14}" for k in KINDS
         ) + f"{stats['multi_turn'][split]:>12}{stats['records'][split]:>8}")
     lines.append("")
-    lines.append(f"{'transcript':<44}{'status':<9}{'pairs':>6}  unmapped / skipped speakers")
+    lines.append(f"{'transcript':<40}{'status':<9}{'persona turns: found':>21}{'used':>6}{'dropped':>8}"
+                 f"{'samples':>9}{'derived q':>10}{'split':>7}  unmapped / skipped speakers")
     for t in transcripts:
-        pairs = ", ".join(f"{k} {v}" for k, v in sorted(t.pairs.items())) or "0"
-        unm = sum(t.unmapped_speakers.values())
-        skp = sum(t.skipped_speakers.values())
-        lines.append(f"{t.file[:43]:<44}{t.status:<9}{sum(t.pairs.values()):>6}  {unm} / {skp}   ({pairs})")
+        found, used = sum(t.persona_turns.values()), sum(t.used_turns.values())
+        lines.append(f"{t.file[:39]:<40}{t.status:<9}{found:>21}{used:>6}{found - used:>8}{sum(t.samples.values()):>9}"
+                     f"{t.derived_questions:>10}{t.split_turns:>7}  "
+                     f"{sum(t.unmapped_speakers.values())} / {sum(t.skipped_speakers.values())}")
+        for who in sorted(t.persona_turns):
+            why = ", ".join(f"{n} {reason}" for reason, n in sorted(t.dropped.get(who, {}).items()))
+            lines.append(f"  {who:<47}{t.persona_turns[who]:>21}{t.used_turns.get(who, 0):>6}"
+                         f"{t.persona_turns[who] - t.used_turns.get(who, 0):>8}{t.samples.get(who, 0):>9}"
+                         + (f"   dropped: {why}" if why else ""))
+    lines.append("")
+    share = stats["origin_share"]
+    lines.append("origin of all records: " + ", ".join(f"{k} {share[k]:.1%}" for k in ORIGINS)
+                 + f"; questions derived by rule: {stats['derived_questions']}")
+    rv = stats["review"]
+    lines.append(f"human review: {rv['accepted']} accepted, {rv['rejected']} rejected, {rv['edited']} edited, "
+                 f"{rv['stale']} stale, {rv['unreviewed']} generated samples not reviewed yet (make review)")
+    lines.append("persona facts: " + "; ".join(
+        f"{name} {f['sourced']} sourced / {f['invented']} invented" + (f" ({f['unchecked_refs']} refs unchecked: transcript absent)" if f["unchecked_refs"] else "")
+        for name, f in stats["facts"].items()))
     grp = stats["groups"]
     lines.append("")
     lines.append(f"near-duplicate groups: {grp['total']} ({grp['with_several_samples']} with several samples, "
@@ -219,8 +318,9 @@ def run(cfg: Config) -> int:
     start = time.perf_counter()
     personas = load_personas(cfg)
     pairs, tstats = ingest_all(cfg, personas)
-    dataset = build(cfg, personas, pairs)
+    facts = check_fact_sources(personas, pairs, tstats)
     key = ensure_key(cfg)
+    dataset = build(cfg, personas, pairs, load_decisions(cfg.resolve(cfg.generate.review_file), key))
 
     out_dir = cfg.resolve(cfg.generate.output_dir)
     train_path, eval_path = out_dir / "train.jsonl.enc", out_dir / "eval.jsonl.enc"
@@ -229,6 +329,7 @@ def run(cfg: Config) -> int:
             log.warning("%s=%s is not where `make data` writes (%s); later stages will not read these files",
                         name, path, out_dir)
     stats = dict(dataset.stats)
+    stats["facts"] = facts
     stats["transcripts"] = [dataclasses.asdict(t) for t in tstats]
     stats["seconds"] = round(time.perf_counter() - start, 3)
     write_records(train_path, dataset.train, key)

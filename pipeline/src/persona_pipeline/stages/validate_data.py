@@ -2,8 +2,9 @@
 
 Prints a report and writes it as JSON to ``outputs/data_validation.json``
 (line numbers and counts only, never sample text). Exits 1 on schema errors or
-leakage (an eval sample whose question or answer has a near-duplicate in train,
-or whose ``meta.group`` also occurs in train).
+leakage: an eval sample whose question or answer has a near-duplicate in train,
+or whose ``meta.group`` also occurs in train, or more than 2 % of eval answers
+sharing an 8-word run with a train answer (containment, see data/split.py).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from persona_pipeline.stages.keys import data_key
 from persona_pipeline.data.dedup import Sample, find_leaks, similar_pairs, shingles
+from persona_pipeline.data.split import RUN_WORDS, containment
 from persona_pipeline.core.fsutil import atomic_write_json
 from persona_pipeline.stages.data import KINDS
 from persona_pipeline.core.prompt_format import PromptFormatError, parse_prompt
@@ -28,6 +30,8 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger(__name__)
 
 REPORT_FILE = "data_validation.json"
+# The issue-11 bar: at most this share of eval answers may quote 8 words of a train answer.
+MAX_CONTAINED_SHARE = 0.02
 MAX_LISTED = 20
 # Subword tokenizers split English into more tokens than words; used only without a tokenizer.
 WORDS_TO_TOKENS = 1.33
@@ -152,9 +156,29 @@ def validate(cfg: Config, train: list[Record], evals: list[Record], count: Calla
         "exact_cross_duplicates": len(exact_cross),
         "examples": listed[:MAX_LISTED],
     }
+    report["containment"] = _containment(train, evals)
     report["has_groups"] = all(s is None or s.seed_group is not None for s in checked["train"] + checked["eval"])
-    report["ok"] = not report["schema_errors"] and not leaky_eval and not exact_cross
+    report["ok"] = (not report["schema_errors"] and not leaky_eval and not exact_cross
+                    and report["containment"]["share_of_eval_answers"] <= MAX_CONTAINED_SHARE)
     return report
+
+
+def _containment(train: list[Record], evals: list[Record]) -> dict[str, Any]:
+    """How many eval answers share an 8-word run with a train answer, and which lines."""
+    found = containment([r["completion"] for r in train], [r["completion"] for r in evals])
+    hit = [(r, c) for r, c in zip(evals, found) if c.share > 0]
+    return {
+        "run_words": RUN_WORDS,
+        "eval_answers_sharing_run": len(hit),
+        "share_of_eval_answers": len(hit) / len(evals) if evals else 0.0,
+        "limit": MAX_CONTAINED_SHARE,
+        "mean_share_of_runs": statistics.fmean(c.share for c in found) if found else 0.0,
+        "max_share_of_runs": max((c.share for c in found), default=0.0),
+        "examples": [
+            {"eval_line": r["meta"].get("line"), "train_line": train[c.train_index]["meta"].get("line"), "share": round(c.share, 3)}
+            for r, c in hit[:MAX_LISTED] if c.train_index is not None
+        ],
+    }
 
 
 def _print(report: dict[str, Any], paths: dict[str, Path], counter_name: str, max_length: int) -> None:
@@ -176,6 +200,13 @@ def _print(report: dict[str, Any], paths: dict[str, Path], counter_name: str, ma
           f"{f' ({fields})' if fields else ''}; exact train/eval duplicates: {lk['exact_cross_duplicates']}")
     for d in lk["examples"][:5]:
         print(f"  {paths['eval']} line {d['eval_line']} ~ {paths['train']} line {d['train_line']} ({d['field']}, {d['similarity']})")
+    c = report["containment"]
+    print(f"containment: {c['eval_answers_sharing_run']} of {report['splits']['eval']['records']} "
+          f"eval answers ({c['share_of_eval_answers']:.1%}) share a run of {c['run_words']} words with a train answer "
+          f"(limit {c['limit']:.0%}); mean share of runs {c['mean_share_of_runs']:.3f}, max {c['max_share_of_runs']:.3f}")
+    for d in c["examples"][:5]:
+        print(f"  {paths['eval']} line {d['eval_line']} quotes {paths['train']} line {d['train_line']} "
+              f"({d['share']:.0%} of its runs)")
     if not report["has_groups"]:
         print("note: some records have no meta.group; leakage was checked by text similarity only")
     for e in report["schema_errors"][:MAX_LISTED]:
