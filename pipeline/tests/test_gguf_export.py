@@ -484,3 +484,14 @@ def test_failed_export_leaves_no_file(tmp_path, tiny_model_dir, monkeypatch):
     with pytest.raises(RuntimeError, match="disk full"):
         gguf_export.convert(tiny_model_dir, out, "F16", progress=False)
     assert list(out.parent.iterdir()) == []
+
+
+def test_chat_template_format_leaves_the_template_to_the_gguf(gguf_run):
+    """With model.prompt_format=chat_template the Modelfile has no plain TEMPLATE or Human: stop; EOS still stops."""
+    from persona_pipeline.stages.ollama_create import modelfile_text
+
+    cfg, run = gguf_run
+    chat = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, prompt_format="chat_template"))
+    text = modelfile_text(chat, run / "gguf" / "tiny-F16.gguf", "Tilda", "an actress", "</s>")
+    assert "TEMPLATE" not in text.replace("# TEMPLATE", "") and "Human:" not in text
+    assert 'PARAMETER stop "</s>"' in text and 'SYSTEM """You are Tilda, an actress."""' in text

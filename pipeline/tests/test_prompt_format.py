@@ -23,8 +23,9 @@ PROMPT = format_prompt("Anis", "who runs an organic tea garden", "Why?", [("How 
 def test_plain_is_the_stored_text(tiny_model_dir):
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     assert render_prompt(PROMPT, "plain", tok) == PROMPT
-    assert render_completion(" An answer.", "plain") == " An answer."
-    assert render_completion(" An answer.", "chat_template") == "An answer."
+    assert render_completion(PROMPT, " An answer.", "plain", tok) == " An answer."
+    # the tiny model's template writes "<Name>: answer": the space stays
+    assert render_completion(PROMPT, " An answer.", "chat_template", tok) == " An answer."
 
 
 def test_chat_messages_keep_every_turn():
@@ -47,6 +48,7 @@ def test_chatml_rendering_and_no_double_bos(tiny_model_dir):
     text = render_prompt(PROMPT, "chat_template", tok)
     assert text.startswith("<|im_start|>system\nYou are Anis, who runs an organic tea garden.<|im_end|>\n")
     assert text.endswith("<|im_start|>user\nWhy?<|im_end|>\n<|im_start|>assistant\n")
+    assert render_completion(PROMPT, " An answer.", "chat_template", tok) == "An answer."
     # A template that writes BOS itself, with a tokenizer that adds BOS too (Llama 3): only one BOS.
     tok.chat_template = "{{ bos_token }}" + CHATML
     ids = tok(render_prompt(PROMPT, "chat_template", tok))["input_ids"]

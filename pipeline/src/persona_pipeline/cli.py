@@ -47,6 +47,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("publish-hf", "stages.publish_hf:run", "upload model, GGUF and model card to the Hugging Face Hub", ("run", "dry_run")),
     Stage("bench-train", "stages.bench_train:run", "benchmark: our batching vs padding to max_length", ("overrides",)),
     Stage("bench-eval", "stages.bench_eval:run", "benchmark: batched vs one-at-a-time generation"),
+    Stage("bench-format", "stages.bench_format:run", "benchmark: plain Human:/Name: prompt vs the model's chat template"),
     Stage("bench-summary", "stages.bench_summary:run", "collect outputs/bench/*.json into outputs/bench/summary.md"),
     Stage("demo", "stages.demo:run", "the whole pipeline end to end on the tiny model", ("force", "overrides")),
     Stage("quality", "stages.quality:run", "the whole pipeline on a real pretrained model (SmolLM2), GGUF F16 + Q8_0", ("force", "overrides")),

@@ -11,8 +11,8 @@ Multi-turn prompts hold earlier turns before the last question::
 
 Records are stored in this plain format. With ``model.prompt_format: chat_template``
 :func:`render_prompt` turns a stored prompt into the model's own chat template
-(system line, user and assistant turns) and :func:`render_completion` drops the
-leading space; the answer then ends with the template's end-of-turn token (EOS).
+(system line, user and assistant turns) and :func:`render_completion` gives the answer as
+the template writes it; the answer then ends with the template's end-of-turn token (EOS).
 """
 
 from __future__ import annotations
@@ -140,6 +140,18 @@ def render_prompt(prompt: str, fmt: PromptFormat, tokenizer: Any) -> str:
     return text
 
 
-def render_completion(completion: str, fmt: PromptFormat) -> str:
-    """The answer as trained on: the plain format's leading space, or the bare text after a chat header."""
-    return completion if fmt == "plain" else completion.strip()
+def render_completion(prompt: str, completion: str, fmt: PromptFormat, tokenizer: Any) -> str:
+    """The answer text that follows the rendered prompt, as the template writes it (ChatML: no leading space;
+    a template ending in "<Name>:" keeps it). The end-of-turn after it is the tokenizer's EOS, added when tokenizing."""
+    if fmt == "plain":
+        return completion
+    answer = completion.strip()
+    head = render_prompt(prompt, fmt, tokenizer)
+    full = tokenizer.apply_chat_template(chat_messages(prompt) + [{"role": "assistant", "content": answer}], tokenize=False)
+    bos = tokenizer.bos_token
+    if bos and not head.startswith(bos) and full.startswith(bos):
+        full = full[len(bos):]
+    end = full.rfind(answer)
+    if full.startswith(head) and end >= len(head):
+        return full[len(head) : end + len(answer)]
+    return answer

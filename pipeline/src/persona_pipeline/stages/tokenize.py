@@ -217,7 +217,8 @@ def load_tokenized(cfg: Config, split: str, force: bool = False, tokenizer=None)
     fmt = cfg.model.prompt_format
     # The cache key hashes the rendered text, so a change of prompt format rebuilds the cache.
     records = [
-        {"prompt": render_prompt(r["prompt"], fmt, tokenizer), "completion": render_completion(r["completion"], fmt)}
+        {"prompt": render_prompt(r["prompt"], fmt, tokenizer),
+         "completion": render_completion(r["prompt"], r["completion"], fmt, tokenizer)}
         for r in read_records(data_path, key)
     ]
     max_length = cfg.data.max_length
