@@ -3,8 +3,11 @@
 Steps: load personas -> ingest transcripts (*extracted*) -> split the sources
 (data/split.py: transcript turns by near-duplicate group; persona topics, facts,
 domains and style phrases into a train and an eval view) -> per side,
-*hypothetical* and *contrastive* samples from that side's views and *transformed*
-variants of its extracted and hypothetical samples -> groups linking
+*hypothetical* (templates, or with ``generate.writer: model`` written by a local
+model on the train side, filtered; data/writer.py) and *contrastive* samples from
+that side's views, the human review decisions of ``make review`` applied
+(data/review.py), and *transformed* variants of its extracted and hypothetical
+samples -> groups linking
 near-duplicates and answers that share an 8-word run; a group reaching into
 train goes to train whole -> multi-turn prompts composed inside each split (so
 they cannot leak) -> write ``train.jsonl.enc``, ``eval.jsonl.enc`` and
@@ -31,6 +34,7 @@ from persona_pipeline.core.prompt_format import format_completion, format_prompt
 from persona_pipeline.core.records import Record, write_records
 from persona_pipeline.data.rephrase import transform
 from persona_pipeline.data.review import Decision, apply_decisions, load_decisions
+from persona_pipeline.data.writer import ModelWriter
 from persona_pipeline.data.synth import ORIGINS, Draft, Templates, contrastive, hypothetical
 from persona_pipeline.data.transcripts import Pair, TranscriptStats, check_fact_sources, ingest_all
 
@@ -144,6 +148,7 @@ def _record(p: Persona, final: Draft, group: str, history: Sequence[Draft] = ())
             "source": final.source,
             "origin": final.origin,
             "reviewed": final.reviewed,
+            "writer": final.writer,
             "turns": len(history) + 1,
         },
     }
@@ -151,7 +156,7 @@ def _record(p: Persona, final: Draft, group: str, history: Sequence[Draft] = ())
 
 def _side_drafts(
     cfg: Config, views: dict[str, Persona], extracted: list[Draft], lines: Templates, is_eval: bool,
-    decisions: dict[str, Decision],
+    decisions: dict[str, Decision], writer: ModelWriter | None = None, eval_answers: Sequence[str] = (),
 ) -> tuple[list[Draft], dict[str, int]]:
     """One side's single-turn drafts, generated only from that side's persona views and lines,
     with the review decisions applied (and the review counts).
@@ -166,6 +171,8 @@ def _side_drafts(
         n_hypo, n_contra = g.hypothetical_per_persona - n_hypo, g.contrastive_per_persona - n_contra
     hypo = [d for p in views.values() for d in hypothetical(p, n_hypo, g.seed)]
     contra = [d for p in views.values() for d in contrastive(p, n_contra, g.seed, lines)]
+    if writer is not None:  # model-written answers to the same questions, filtered
+        hypo = writer.rewrite(views, hypo, extracted, extracted + hypo + contra, eval_answers)
     base = extracted + hypo + contra
     if is_eval:  # generated seed groups are numbered per persona and side; transcript ones name their turn
         base = [dataclasses.replace(d, seed_group=f"eval|{d.seed_group}") for d in base]
@@ -183,9 +190,13 @@ def _views(cfg: Config, personas: dict[str, Persona]) -> dict[str, tuple[Persona
 
 
 def make_drafts(
-    cfg: Config, personas: dict[str, Persona], pairs: list[Pair], decisions: dict[str, Decision] | None = None
+    cfg: Config, personas: dict[str, Persona], pairs: list[Pair], decisions: dict[str, Decision] | None = None,
+    writer: ModelWriter | None = None,
 ) -> tuple[list[list[Draft]], dict[str, int]]:
-    """The train and eval sides' single-turn drafts (review decisions applied) and the review counts."""
+    """The train and eval sides' single-turn drafts (review decisions applied) and the review counts.
+
+    The eval side is built first: a writer model's train answers are checked for leakage against it.
+    """
     g = cfg.generate
     views = _views(cfg, personas)
     lines = split_templates(g.eval_fraction, g.seed)
@@ -193,20 +204,25 @@ def make_drafts(
     # Transcript turns: whole near-duplicate groups to one side, about eval_fraction of each persona's.
     ex_groups = near_duplicate_groups([Sample(d.question, d.answer, d.seed_group) for d in extracted], g.near_duplicate_threshold)
     ex_eval = split_groups(ex_groups, [d.persona for d in extracted], g.eval_fraction, g.seed)
-    sides, counts = [], {}
-    for side in (0, 1):
+    sides: list[list[Draft]] = [[], []]
+    counts: dict[str, int] = {}
+    for side in (1, 0):
         drafts, c = _side_drafts(cfg, {n: v[side] for n, v in views.items()},
                                  [d for d, gi in zip(extracted, ex_groups) if (gi in ex_eval) == bool(side)],
-                                 lines[side], bool(side), decisions or {})
-        sides.append(drafts)
+                                 lines[side], bool(side), decisions or {}, writer if side == 0 else None,
+                                 [d.answer for d in sides[1]])
+        sides[side] = drafts
         counts = {k: counts.get(k, 0) + v for k, v in c.items()}
     return sides, counts
 
 
-def build(cfg: Config, personas: dict[str, Persona], pairs: list[Pair], decisions: dict[str, Decision] | None = None) -> Dataset:
-    """Everything except reading inputs and writing outputs (pure and deterministic)."""
+def build(
+    cfg: Config, personas: dict[str, Persona], pairs: list[Pair], decisions: dict[str, Decision] | None = None,
+    writer: ModelWriter | None = None,
+) -> Dataset:
+    """Everything except reading inputs and writing outputs (deterministic; the writer model is greedy and cached)."""
     g = cfg.generate
-    sides, review = make_drafts(cfg, personas, pairs, decisions)
+    sides, review = make_drafts(cfg, personas, pairs, decisions, writer)
     views = _views(cfg, personas)
     drafts = _dedupe_exact(sides[0] + sides[1])  # an exact duplicate keeps its train copy
     eval_ids = {id(d) for d in sides[1]}
@@ -251,6 +267,7 @@ def build(cfg: Config, personas: dict[str, Persona], pairs: list[Pair], decision
         "derived_questions": sum(d.derived_question for d in drafts),
         # Human review (make review): decisions applied to this data; stale = text changed since review.
         "review": review,
+        "writer": dataclasses.asdict(writer.report) if writer else {"mode": "templates"},
         "groups": {
             "total": len(sizes),
             "eval": len(eval_groups),
@@ -301,6 +318,11 @@ def _table(stats: dict[str, Any], transcripts: list[TranscriptStats]) -> str:
     share = stats["origin_share"]
     lines.append("origin of all records: " + ", ".join(f"{k} {share[k]:.1%}" for k in ORIGINS)
                  + f"; questions derived by rule: {stats['derived_questions']}")
+    wr = stats["writer"]
+    if wr["mode"] == "model":
+        why = ", ".join(f"{n} {r}" for r, n in wr["filtered"].items() if n) or "none"
+        lines.append(f"writer model {wr['model']}: {wr['written']} hypothetical answers written ({wr['cached']} cached), "
+                     f"{wr['kept']} kept, {wr['written'] - wr['kept']} filtered ({why}) in {wr['seconds']:.1f}s")
     rv = stats["review"]
     lines.append(f"human review: {rv['accepted']} accepted, {rv['rejected']} rejected, {rv['edited']} edited, "
                  f"{rv['stale']} stale, {rv['unreviewed']} generated samples not reviewed yet (make review)")
@@ -314,13 +336,25 @@ def _table(stats: dict[str, Any], transcripts: list[TranscriptStats]) -> str:
     return "\n".join(lines)
 
 
+def _volume_gate(cfg: Config, stats: dict[str, Any]) -> None:
+    """The seed aims at ~1,500 quality samples: say where the data stands, warn when a writer could close the gap."""
+    total = sum(stats["records"].values())
+    target = cfg.generate.target_records
+    quote = stats["origin_share"]["quote"]
+    print(f"volume: {total} records (target ~{target}); real quotes {quote:.1%} of the records")
+    if total < target and cfg.generate.writer == "model":
+        log.warning("only %d records, below the target of ~%d: raise generate.hypothetical_per_persona "
+                    "(the writer model writes one answer per hypothetical question) or add transcripts", total, target)
+
+
 def run(cfg: Config) -> int:
     start = time.perf_counter()
     personas = load_personas(cfg)
     pairs, tstats = ingest_all(cfg, personas)
     facts = check_fact_sources(personas, pairs, tstats)
     key = ensure_key(cfg)
-    dataset = build(cfg, personas, pairs, load_decisions(cfg.resolve(cfg.generate.review_file), key))
+    writer = ModelWriter(cfg, key) if cfg.generate.writer == "model" else None
+    dataset = build(cfg, personas, pairs, load_decisions(cfg.resolve(cfg.generate.review_file), key), writer)
 
     out_dir = cfg.resolve(cfg.generate.output_dir)
     train_path, eval_path = out_dir / "train.jsonl.enc", out_dir / "eval.jsonl.enc"
@@ -338,6 +372,7 @@ def run(cfg: Config) -> int:
     print(_table(stats, tstats))
     print(f"\nwrote {len(dataset.train)} train + {len(dataset.eval)} eval records (encrypted) to {out_dir} "
           f"in {stats['seconds']:.2f}s; stats: {out_dir / STATS_FILE}")
+    _volume_gate(cfg, stats)
     missing = [t.file for t in tstats if t.status == "missing"]
     if missing:
         print(f"note: {len(missing)} transcript(s) not found and skipped: {', '.join(missing)}", file=sys.stderr)
