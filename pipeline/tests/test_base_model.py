@@ -79,3 +79,14 @@ def test_base_model_stage_refuses_hub_ids():
         assert "Hub id" in str(exc)
     else:
         raise AssertionError("expected a PipelineError")
+
+
+def test_readme_states_the_default_model_size(tmp_path):
+    """The README's '~N.NM parameters' is the default tiny model's real count (within 5 %)."""
+    import re
+
+    readme = (CONFIGS.parents[1] / "README.md").read_text()
+    claimed = float(re.search(r"~([\d.]+)M parameters", readme).group(1)) * 1e6
+    out = build_base_model(load_config(CONFIGS / "train_tiny.yaml"), out_dir=tmp_path / "m", warmup_steps=0)
+    real = json.loads((out / "build_info.json").read_text())["parameters"]
+    assert abs(claimed - real) / real < 0.05, (claimed, real)

@@ -17,7 +17,7 @@ from persona_pipeline.core.errors import DataError
 from persona_pipeline.stages.data import KINDS, build
 from persona_pipeline.data.personas import load_persona_file, load_personas, project_text
 from persona_pipeline.core.prompt_format import parse_prompt
-from persona_pipeline.core.records import read_records
+from persona_pipeline.core.records import read_records, write_records
 from persona_pipeline.data.transcripts import ingest_all
 
 PIPELINE = Path(__file__).resolve().parents[1]
@@ -69,6 +69,25 @@ def test_data_and_validate_produce_encrypted_leak_free_sets(generated):
     assert report["containment"]["eval_answers_sharing_run"] == 0
     stats = json.loads((out / "data" / "stats.json").read_text())
     assert stats["eval_answers_sharing_8_word_run"] == 0 and set(stats["held_out"]) == {"Tilda", "Ahsan", "Anis"}
+    # Checked here without the pipeline's own matching code: no eval answer or question appears in train.
+    norm = lambda text: " ".join(text.lower().split())  # noqa: E731
+    train_answers = {norm(r["completion"]) for r in train}
+    train_questions = {norm(parse_prompt(r["prompt"]).question) for r in train}
+    assert not [r for r in evals if norm(r["completion"]) in train_answers]
+    assert not [r for r in evals if norm(parse_prompt(r["prompt"]).question) in train_questions]
+
+
+def test_validate_data_fails_when_a_train_sample_is_copied_into_eval(generated, tmp_path, monkeypatch):
+    """The zero-leakage result above can fail: one copied record is caught and named by line."""
+    out, train, evals = generated
+    monkeypatch.setenv("PERSONA_DATA_KEY", KEY)
+    leaky = tmp_path / "eval.jsonl.enc"
+    write_records(leaky, evals + [train[0]], bytes(range(32, 64)))
+    args = [a if not a.startswith("data.eval=") else f"data.eval={leaky}" for a in _args(out)]
+    assert main(["validate-data", *args, f"paths.outputs={tmp_path / 'outputs'}"]) == 1
+    report = json.loads((tmp_path / "outputs" / "data_validation.json").read_text())
+    assert report["leakage"]["exact_cross_duplicates"] == 1
+    assert len(evals) + 1 in {e["eval_line"] for e in report["leakage"]["examples"]}
 
 
 def test_records_follow_the_prompt_format_and_meta_contract(generated):

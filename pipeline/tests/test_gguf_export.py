@@ -254,8 +254,7 @@ def test_trap_pre_tokenizer_and_tokenization(tmp_path, gguf_run, tiny_model_dir)
 
 
 def test_trap_merges(tmp_path, tiny_model_dir):
-    """A gpt2 vocab without merges: the exporter refuses it, and llama.cpp cannot load such a file."""
-    from persona_pipeline.stages.gguf import convert
+    """A gpt2 vocab without merges: the exporter refuses it."""
     from persona_pipeline.export.gguf_vocab import read_vocab
 
     broken = tmp_path / "no-merges"
@@ -265,8 +264,13 @@ def test_trap_merges(tmp_path, tiny_model_dir):
     (broken / "tokenizer.json").write_text(json.dumps(tj))
     with pytest.raises(PipelineError, match="without merges"):
         read_vocab(broken, 1024)
-    if runtime_library() is None:
-        return
+
+
+@needs_llamacpp
+def test_trap_merges_llamacpp_refuses_the_file(tmp_path, tiny_model_dir):
+    """Written anyway (bypassing the exporter's check), llama.cpp cannot load a gpt2 vocab without merges."""
+    from persona_pipeline.stages.gguf import convert
+    from persona_pipeline.export.gguf_vocab import read_vocab
     from persona_pipeline.export.llamacpp import LlamaCppModel
 
     vocab = read_vocab(tiny_model_dir, json.loads((tiny_model_dir / "config.json").read_text())["vocab_size"])

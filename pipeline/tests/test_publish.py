@@ -20,7 +20,8 @@ def _metrics(rouge_l: float, persona_match: float, model: str) -> dict:
                "persona_match": persona_match, "blend_rate": 0.0833, "words_mean": 41.5}
     return {
         "config": "tiny", "created": "2026-11-26T00:00:00", "model": {"source": "run", "model": model},
-        "eval_set": {"path": "/x/eval.jsonl.enc", "sha256": "ab" * 32, "n_records": 12, "n_evaluated": 12},
+        "eval_set": {"path": "/x/eval.jsonl.enc", "sha256": "ab" * 32, "n_records": 12, "n_evaluated": 12,
+                     "containment": {"run_words": 8, "references_sharing_run": 1, "n": 12}},
         "generation": {"do_sample": False, "max_new_tokens": 64},
         "overall": overall,
         "per_persona": {name: {**overall, "n": 4} for name in ("Tilda", "Ahsan", "Anis")},
@@ -93,7 +94,10 @@ def test_dry_run_stages_model_gguf_and_card_with_real_metrics(tmp_path, tiny_mod
     assert "license: apache-2.0" in card
     assert "| ROUGE-L | 0.123 | 0.432 |" in card and "| persona match | 0.333 | 0.917 |" in card
     assert "| Tilda | 4 |" in card
+    # What "held out" means is measured, not asserted: the eval's own overlap count from metrics.json.
+    assert "1 of 12 reference answers share a run of 8 words with a training answer" in card and "never seen" not in card
     assert "r=64, alpha=128" in card and "48 training and 12 held-out samples" in card
+    assert "public statements" not in card  # the data's provenance is measured (origin shares below)
     assert "2.250 after" in card and "top-1 agreement 0.987" in card
     assert 'subfolder="tiny"' in card and "You are Tilda, " in card
     assert "21.0% real quotes" in card and "16.6% derived from quotes" in card and "62.4% invented" in card

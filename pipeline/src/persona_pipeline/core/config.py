@@ -111,6 +111,9 @@ class GenerateConfig:
     # turns split into pieces of whole sentences, to these lengths so samples fit data.max_length.
     max_question_words: int = 80
     max_answer_words: int = 160
+    # stats.json counts unmapped/skipped speaker turns; the labels themselves come from private
+    # transcripts, so they are written only when asked (they are printed while ingesting either way).
+    stats_speaker_labels: bool = False
     # make review's decisions (encrypted with the data key); make data applies them.
     review_file: str = "data/review/decisions.json.enc"
     # Who writes the train side's hypothetical answers: the persona-file templates, or a local
@@ -493,7 +496,9 @@ def dump_config(cfg: Config, redact: bool = True) -> str:
     return yaml.safe_dump(d, sort_keys=False)
 
 
-_SECRET_WORDS = ("token", "password", "secret", "api_key")
+# Exact key names only: a substring match also hid settings such as eval.max_new_tokens, and the
+# resume drift check compares the saved (redacted) config, so it went blind to them.
+SECRET_KEYS = frozenset({"token", "hf_token", "api_key", "password", "secret", "data_key"})
 
 
 def _redact(value: Any, key: str = "") -> Any:
@@ -501,6 +506,6 @@ def _redact(value: Any, key: str = "") -> Any:
         return {k: _redact(v, k) for k, v in value.items()}
     if isinstance(value, list):
         return [_redact(v, key) for v in value]
-    if value and any(w in key.lower() for w in _SECRET_WORDS):
+    if value and key.lower() in SECRET_KEYS:
         return "***redacted***"
     return value

@@ -61,14 +61,20 @@ def decode_key(text: str, source: str) -> bytes:
 
 
 def write_key_file(path: Path, force: bool = False) -> Path:
-    """Create a new random key file with mode 0600. Refuses to overwrite unless ``force``."""
+    """Create a new random key file with mode 0600. Refuses to overwrite unless ``force``.
+
+    A folder created for the key is 0700; an existing folder keeps its mode (it may be the
+    user's project folder, which is not ours to lock).
+    """
+    _refuse_non_file(path)
     if path.exists() and not force:
         raise CryptoError(
             f"key file already exists: {path}",
             hint="data encrypted with it would become unreadable; pass FORCE=1 to replace it anyway",
         )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    os.chmod(path.parent, 0o700)
+    if not path.parent.is_dir():
+        path.parent.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(mode=0o700)
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
@@ -77,11 +83,20 @@ def write_key_file(path: Path, force: bool = False) -> Path:
     return path
 
 
+def _refuse_non_file(path: Path) -> None:
+    if path.exists() and not path.is_file():
+        raise CryptoError(
+            f"key file {path} is not a regular file (a directory?)",
+            hint="point data.key_file at a file, or remove what is there and run `make keygen`",
+        )
+
+
 def load_key(key_file: Path) -> bytes:
     """The data key from ``PERSONA_DATA_KEY``, else from ``key_file``."""
     env = os.environ.get(KEY_ENV)
     if env:
         return decode_key(env, f"${KEY_ENV}")
+    _refuse_non_file(key_file)
     if not key_file.is_file():
         raise CryptoError(
             f"no data key: {KEY_ENV} is not set and the key file {key_file} does not exist",
@@ -93,7 +108,13 @@ def load_key(key_file: Path) -> bytes:
             f"key file {key_file} is readable by others (mode {mode:o})",
             hint=f"chmod 600 {key_file}",
         )
-    return decode_key(key_file.read_text(encoding="ascii", errors="replace"), str(key_file))
+    text = key_file.read_text(encoding="ascii", errors="replace")
+    if not text.strip():
+        raise CryptoError(
+            f"key file {key_file} is empty",
+            hint="restore the key from your backup; `make keygen FORCE=1` makes a new one, which cannot read old data",
+        )
+    return decode_key(text, str(key_file))
 
 
 def encrypt_bytes(plaintext: bytes, key: bytes) -> bytes:

@@ -54,7 +54,11 @@ class ParsedPrompt:
 
 
 class PromptFormatError(ValueError):
-    """The prompt does not follow :func:`format_prompt`'s layout (the message says where)."""
+    """The prompt does not follow :func:`format_prompt`'s layout.
+
+    The message says which part is wrong but never quotes the prompt: records are
+    private data, and these messages reach terminals and JSON reports.
+    """
 
 
 def parse_prompt(prompt: str) -> ParsedPrompt:
@@ -65,8 +69,7 @@ def parse_prompt(prompt: str) -> ParsedPrompt:
         raise PromptFormatError("the prompt must start with 'You are <Name>, <description>'")
     name = head["name"].strip()
     if blocks[-1] != f"{name}:":
-        tail = blocks[-1][-30:]
-        raise PromptFormatError(f"the prompt must end with '\\n\\n{name}:' (the persona named in 'You are {name}, ...'), ends with {tail!r}")
+        raise PromptFormatError("the prompt must end with a blank line and '<Name>:', the persona named in 'You are <Name>, ...'")
     body = blocks[1:-1]
     if not body or len(body) % 2 == 0:
         raise PromptFormatError("expected alternating 'Human: ...' and '<Name>: ...' turns ending with a Human turn")
@@ -74,13 +77,27 @@ def parse_prompt(prompt: str) -> ParsedPrompt:
     q: str | None = None
     for i, block in enumerate(body):
         speaker = HUMAN if i % 2 == 0 else name
+        who = HUMAN if speaker == HUMAN else "<Name>"
         if not block.startswith(f"{speaker}: "):
-            raise PromptFormatError(f"turn {i + 1} must start with '{speaker}: ', got {block[:30]!r}")
+            raise PromptFormatError(f"turn {i + 1} must start with '{who}: '")
         text = block[len(speaker) + 2 :]
         if not text.strip():
-            raise PromptFormatError(f"turn {i + 1} ({speaker}) is empty")
+            raise PromptFormatError(f"turn {i + 1} ({who}) is empty")
         if speaker == HUMAN:
             q = text
         else:
             history.append((q or "", text))
     return ParsedPrompt(name=name, system=head["system"], history=history, question=q or "")
+
+
+def turn_starts(prompt: str) -> list[int]:
+    """Character offsets where each ``Human: ...`` turn begins (oldest first); empty when there is none.
+
+    Everything before the first offset is the system line; truncation cuts whole turns from there.
+    """
+    starts, pos = [], prompt.find(SEP)
+    while pos != -1:
+        if prompt.startswith(f"{HUMAN}: ", pos + len(SEP)):
+            starts.append(pos + len(SEP))
+        pos = prompt.find(SEP, pos + len(SEP))
+    return starts

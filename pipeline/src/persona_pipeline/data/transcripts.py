@@ -240,7 +240,10 @@ def _is_continuation(text: str) -> bool:
 
 
 def _decode(path: Path) -> list[str]:
+    """The transcript's lines: UTF-8, with or without a BOM, any line endings (LF, CRLF, CR)."""
     data = path.read_bytes()
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise DataError(f"{path}:1: UTF-16 text (byte-order mark 0x{data[:2].hex()})", hint="re-save the transcript as UTF-8")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:

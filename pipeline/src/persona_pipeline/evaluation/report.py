@@ -27,6 +27,7 @@ def render_report(m: dict) -> str:
     from persona_pipeline.evaluation.fidelity import DOMAIN_HITS
 
     rows = [("overall", m["overall"])] + list(m["per_persona"].items())
+    rows += [(f"{by.removeprefix('per_')}: {name}", g) for by in ("per_origin", "per_kind") for name, g in m.get(by, {}).items()]
     lines = [
         f"# Evaluation: {m['config']} ({m['model']['source']})",
         "",

@@ -74,8 +74,11 @@ def metrics_section(cfg: Config, run_dir: Path) -> list[str]:
     t_over, b_over = tuned["overall"], (base or {}).get("overall") or {}
     n = (tuned.get("eval_set") or {}).get("n_evaluated", t_over.get("n"))
     gen = tuned.get("generation") or {}
+    cont = (tuned.get("eval_set") or {}).get("containment")
+    overlap = (f"{cont['references_sharing_run']} of {cont['n']} reference answers share a run of {cont['run_words']} "
+               "words with a training answer" if cont else "its overlap with the training answers was not measured")
     lines += [
-        f"Held-out eval set of {n} questions (never seen in training), "
+        f"Held-out eval set of {n} questions ({overlap}), "
         f"{'sampling' if gen.get('do_sample') else 'greedy decoding'}, at most {gen.get('max_new_tokens', '?')} new tokens. "
         "The baseline is the un-tuned base model with the same prompts.",
         "",

@@ -1,5 +1,11 @@
 """``make compare``: baseline vs fine-tuned, as a markdown table, a PNG bar chart and a row in TRAINING_LOG.md.
 
+Every per-sample metric gets a 95 % bootstrap interval, and every change a
+paired-bootstrap interval (:mod:`persona_pipeline.evaluation.intervals`),
+overall and per slice: origin (real transcript quotes vs generated), kind and
+persona. A change is called better or worse only when its interval excludes
+zero; otherwise it is "no clear change", whatever the point estimates say.
+
 Both evals must come from the same eval set: the eval-set hashes in the two
 ``metrics.json`` files must be equal, and each ``predictions.jsonl[.enc]``
 must hold exactly the (prompt, reference) pairs its metrics were computed on.
@@ -17,7 +23,9 @@ from typing import Any
 import yaml
 
 from persona_pipeline.core.config import Config
+from persona_pipeline.evaluation.intervals import N_BOOT, PER_SAMPLE, mean_interval, paired_difference, slices, values
 from persona_pipeline.evaluation.report import fmt
+from persona_pipeline.stages.eval import CONTRASTIVE
 from persona_pipeline.core.errors import PipelineError
 from persona_pipeline.core.fsutil import atomic_dir, atomic_write_text
 
@@ -32,10 +40,15 @@ METRIC_ROWS = [
     ("blend_rate_contrastive", "blend rate (contrastive)", False), ("words_mean", "words (mean)", None),
     ("empty_rate", "empty answers", False), ("runaway_rate", "runaway answers", False),
 ]
-CHART_METRICS = ["rouge1", "rouge2", "rougeL", "bleu", "semantic_similarity", "persona_match", "blend_rate", "runaway_rate"]
-RUNS_HEADING = "## Runs"
-LOG_COLUMNS = ["date", "run", "config", "train / eval", "epochs", "ROUGE-1", "ROUGE-2", "ROUGE-L", "BLEU",
-               "sem. sim.", "persona match", "blend", "baseline ROUGE-L"]
+# The slice table and chart: the quality metrics, then runaway rate and answer length beside them.
+SLICE_METRICS = ["rougeL", "semantic_similarity", "persona_match", "runaway_rate", "words_mean"]
+CHART_METRICS = ["rougeL", "semantic_similarity", "persona_match", "runaway_rate", "words_mean"]
+SLICE_GROUPS = ["per_origin", "per_persona", "per_kind"]
+# Rows before issue 11 sit under the old "## Runs" heading: a leaky split and no intervals, not comparable.
+RUNS_HEADING = "## Runs (eval split by source, 95 % intervals)"
+LOG_COLUMNS = ["date", "run", "config", "train / eval", "epochs", "eval set", "ROUGE-L real", "ROUGE-L generated",
+               "sem. sim. real", "sem. sim. generated", "persona match", "blend", "runaway", "words (mean)"]
+MARKS = {"better": "✓", "worse": "✗", "no clear change": "≈", None: ""}
 
 
 def _load_eval(cfg: Config, eval_dir: Path, what: str, hint: str) -> tuple[dict, list[dict]]:
@@ -77,37 +90,91 @@ def _check_same_set(base: dict, tuned: dict, base_dir: Path, tuned_dir: Path) ->
         )
 
 
-def _delta(b: Any, t: Any, better: bool | None) -> str:
-    if b is None or t is None:
-        return "n/a"
-    d = t - b
-    mark = "" if better is None or abs(d) < 1e-12 else (" ✓" if (d > 0) == better else " ✗")
-    return f"{d:+.3f}{mark}"
+def _verdict(d: dict[str, Any], better: bool | None) -> str | None:
+    if better is None:
+        return None
+    if not d["excludes_zero"]:
+        return "no clear change"
+    return "better" if (d["diff"] > 0) == better else "worse"
 
 
-def render_table(base: dict, tuned: dict) -> str:
-    """The comparison markdown: overall metrics, then ROUGE-L / BLEU / fidelity per persona."""
+def _paired_metrics(base: list[dict], tuned: list[dict]) -> dict[str, dict[str, Any]]:
+    """Per metric: both means with intervals, and the paired change with its interval and verdict."""
+    direction = {k: better for k, _, better in METRIC_ROWS}
+    out = {}
+    for key in PER_SAMPLE:
+        b, t = values(base, key), values(tuned, key)
+        if b is None or t is None:
+            continue
+        d = paired_difference(b, t)
+        out[key] = {"n": len(t), "baseline": float(b.mean()), "baseline_ci": mean_interval(b),
+                    "fine_tuned": float(t.mean()), "fine_tuned_ci": mean_interval(t),
+                    "change": d["diff"], "change_ci": d["ci"], "verdict": _verdict(d, direction.get(key))}
+    return out
+
+
+def paired_comparison(base_preds: list[dict], tuned_preds: list[dict]) -> dict[str, Any]:
+    """``overall`` and each slice group (origin, persona, kind) -> slice -> metric -> :func:`_paired_metrics` entry.
+
+    The two prediction lists hold the same prompts in the same order (checked by ``_load_eval``).
+    """
+    out: dict[str, Any] = {"overall": _paired_metrics(base_preds, tuned_preds)}
+    for by in SLICE_GROUPS:
+        out[by] = {name: _paired_metrics([base_preds[i] for i in idx], [tuned_preds[i] for i in idx])
+                   for name, idx in slices(tuned_preds, by).items()}
+    contrastive = out["per_kind"].get(CONTRASTIVE, {})
+    if "blend_rate" in contrastive:
+        out["overall"]["blend_rate_contrastive"] = contrastive["blend_rate"]
+    return out
+
+
+def _ci(v: float, ci: list[float], signed: bool = False) -> str:
+    f = "{:+.3f}" if signed else "{:.3f}"
+    return f"{f.format(v)} [{f.format(ci[0])}, {f.format(ci[1])}]"
+
+
+def _cell(e: dict[str, Any]) -> str:
+    """``base → tuned, change [CI] mark`` for the slice table and the log."""
+    return f"{e['baseline']:.3f} → {e['fine_tuned']:.3f}, {_ci(e['change'], e['change_ci'], True)} {MARKS[e['verdict']]}".rstrip()
+
+
+def render_table(base: dict, tuned: dict, paired: dict[str, Any]) -> str:
+    """The comparison markdown: overall metrics with intervals, then one row per slice."""
+    cont = tuned["eval_set"].get("containment")
     lines = [
         "# Baseline vs fine-tuned",
         "",
         f"- eval set: `{tuned['eval_set']['path']}` (sha256 `{tuned['eval_set']['sha256'][:12]}`), {tuned['eval_set']['n_evaluated']} samples, same prompts for both",
+        ("- overlap with training: " + (f"{cont['references_sharing_run']} of {cont['n']} references share a run of "
+                                        f"{cont['run_words']} words with a training answer" if cont else "not measured (re-run `make eval`)")),
         f"- baseline: `{base['model']['model']}` ({base['created']})",
         f"- fine-tuned: `{tuned['model'].get('adapter') or tuned['model']['model']}` ({tuned['created']})",
+        f"- [low, high]: 95 % percentile bootstrap over the prompts ({N_BOOT} resamples); a change's interval is a paired "
+        "bootstrap. ✓ better / ✗ worse only when the change's interval excludes 0; ≈ no clear change.",
         "",
-        "| metric | baseline | fine-tuned | change |",
-        "|---|---:|---:|---:|",
+        "| metric | baseline | fine-tuned | change | |",
+        "|---|---:|---:|---:|---|",
     ]
+    over = paired["overall"]
     for key, label, better in METRIC_ROWS:
-        b, t = base["overall"].get(key), tuned["overall"].get(key)
-        if b is None and t is None:
-            continue
-        lines.append(f"| {label} | {fmt(b)} | {fmt(t)} | {_delta(b, t, better)} |")
-    lines += ["", "## Per persona", "", "| persona | metric | baseline | fine-tuned | change |", "|---|---|---:|---:|---:|"]
-    for name, tp in tuned["per_persona"].items():
-        bp = base["per_persona"].get(name, {})
-        for key, label, better in METRIC_ROWS:
-            if key in ("rougeL", "bleu", "semantic_similarity", "persona_match", "blend_rate") and (bp.get(key) is not None or tp.get(key) is not None):
-                lines.append(f"| {name} | {label} | {fmt(bp.get(key))} | {fmt(tp.get(key))} | {_delta(bp.get(key), tp.get(key), better)} |")
+        if key in over:
+            e = over[key]
+            lines.append(f"| {label} | {_ci(e['baseline'], e['baseline_ci'])} | {_ci(e['fine_tuned'], e['fine_tuned_ci'])} "
+                         f"| {_ci(e['change'], e['change_ci'], True)} | {MARKS[e['verdict']]} {e['verdict'] or '—'} |".replace("|  ", "| "))
+        elif base["overall"].get(key) is not None or tuned["overall"].get(key) is not None:
+            b, t = base["overall"].get(key), tuned["overall"].get(key)
+            change = "n/a" if b is None or t is None else f"{t - b:+.3f}"
+            why = "no interval (corpus BLEU is not a per-sample mean)" if key == "bleu" else "no interval"
+            lines.append(f"| {label} | {fmt(b)} | {fmt(t)} | {change} | {why} |")
+    labels = {k: lab for k, lab, _ in METRIC_ROWS}
+    lines += ["", "## By slice", "", "Each cell: baseline → fine-tuned, change [95 % interval].", "",
+              "| slice | n | " + " | ".join(labels[k] for k in SLICE_METRICS) + " |",
+              "|---|---:|" + "---|" * len(SLICE_METRICS)]
+    for by in SLICE_GROUPS:
+        for name, metrics in paired[by].items():
+            n = next(iter(metrics.values()))["n"] if metrics else 0
+            cells = [_cell(metrics[k]) if k in metrics else "n/a" for k in SLICE_METRICS]
+            lines.append(f"| {by.removeprefix('per_')}: {name} | {n} | " + " | ".join(cells) + " |")
     notices = {m["embeddings"]["notice"] for m in (base, tuned) if m["embeddings"].get("notice")}
     if notices:
         lines += [""] + [f"Note: {n}" for n in sorted(notices)]
@@ -115,36 +182,36 @@ def render_table(base: dict, tuned: dict) -> str:
     return "\n".join(lines)
 
 
-def render_chart(base: dict, tuned: dict, path: Path) -> None:
-    """One bar-chart panel per metric: overall and each persona, baseline vs fine-tuned."""
+def render_chart(tuned: dict, paired: dict[str, Any], path: Path) -> None:
+    """One panel per metric: baseline and fine-tuned means with 95 % intervals, overall and per slice."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
 
-    keys = [k for k in CHART_METRICS if base["overall"].get(k) is not None or tuned["overall"].get(k) is not None]
+    groups = [("overall", paired["overall"])] + [(name, m) for by in ("per_origin", "per_persona") for name, m in paired[by].items()]
+    keys = [k for k in CHART_METRICS if k in paired["overall"]]
     labels = {k: lab for k, lab, _ in METRIC_ROWS}
-    groups = ["overall", *tuned["per_persona"]]
-    cols = 4
-    rows = (len(keys) + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.4 * len(keys), 3.6), squeeze=False)
     x = np.arange(len(groups))
     for ax, key in zip(axes.flat, keys):
-        def vals(m: dict) -> list[float]:
-            src = [m["overall"], *[m["per_persona"].get(g, {}) for g in groups[1:]]]
-            return [float(s.get(key) or 0.0) for s in src]
-
-        ax.bar(x - 0.2, vals(base), 0.4, label="baseline", color="#9aa5b1")
-        ax.bar(x + 0.2, vals(tuned), 0.4, label="fine-tuned", color="#2f6fb3")
-        ax.set_title(labels[key] + (" (lower is better)" if key.endswith("_rate") else ""), fontsize=10)
-        ax.set_xticks(x, groups, fontsize=8)
-        ax.set_ylim(0, max(1.0, *vals(base), *vals(tuned)) if key != "bleu" else None)
+        for side, dx, color in (("baseline", -0.2, "#9aa5b1"), ("fine_tuned", 0.2, "#2f6fb3")):
+            es = [m.get(key) for _, m in groups]
+            mean = np.array([e[side] if e else np.nan for e in es])
+            err = np.array([[e[side] - e[side + "_ci"][0], e[side + "_ci"][1] - e[side]] if e else [0, 0] for e in es]).T
+            ax.bar(x + dx, mean, 0.4, yerr=err, capsize=3, label=side.replace("_", "-"), color=color)
+        for i, (_, m) in enumerate(groups):
+            if key in m and m[key]["verdict"] in ("better", "worse"):
+                ax.annotate(MARKS[m[key]["verdict"]], (i, 1.02), xycoords=("data", "axes fraction"), ha="center", fontsize=11)
+        ax.set_title(labels[key] + (" (lower is better)" if key.endswith("_rate") else ""), fontsize=10, pad=14)
+        ax.set_xticks(x, [g for g, _ in groups], fontsize=8, rotation=30)
+        if key != "words_mean":
+            ax.set_ylim(0, 1.0)
         ax.grid(axis="y", alpha=0.3)
-    for ax in list(axes.flat)[len(keys):]:
-        ax.axis("off")
     axes.flat[0].legend(fontsize=8)
-    fig.suptitle(f"{tuned['config']}: baseline vs fine-tuned on {tuned['eval_set']['n_evaluated']} held-out samples")
+    fig.suptitle(f"{tuned['config']}: baseline vs fine-tuned on {tuned['eval_set']['n_evaluated']} held-out samples "
+                 "(bars: 95 % intervals; ✓/✗: the paired change excludes 0)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -171,20 +238,27 @@ def _run_facts(cfg: Config, run_dir: Path, tuned: dict) -> dict:
     return {"epochs": epochs, "train": tuned.get("train_set", {}).get("n_records"), "eval": tuned["eval_set"]["n_evaluated"]}
 
 
-def log_row(cfg: Config, run_dir: Path, base: dict, tuned: dict) -> str:
+def log_row(cfg: Config, run_dir: Path, tuned: dict, paired: dict[str, Any]) -> str:
     facts = _run_facts(cfg, run_dir, tuned)
-    o = tuned["overall"]
     try:
         run_label = str(run_dir.resolve().relative_to(cfg.resolve(cfg.paths.training_log).resolve().parent))
     except ValueError:
         run_label = str(run_dir)
     epochs = facts["epochs"]
+    cont = tuned["eval_set"].get("containment")
+    eval_set = f"`{tuned['eval_set']['sha256'][:8]}`" + (
+        f", {cont['references_sharing_run']}/{cont['n']} quote train" if cont else "")
+    origin = paired.get("per_origin", {})
+
+    def cell(group: dict, key: str) -> str:
+        return _cell(group[key]) if key in group else "n/a"
+
     cells = [
         _dt.date.today().isoformat(), f"`{run_label}`", tuned["config"], f"{facts['train']} / {facts['eval']}",
-        f"{epochs:g}" if isinstance(epochs, (int, float)) else str(epochs),
-        fmt(o.get("rouge1")), fmt(o.get("rouge2")), fmt(o.get("rougeL")), fmt(o.get("bleu")),
-        fmt(o.get("semantic_similarity")), fmt(o.get("persona_match"), True), fmt(o.get("blend_rate"), True),
-        fmt(base["overall"].get("rougeL")),
+        f"{epochs:g}" if isinstance(epochs, (int, float)) else str(epochs), eval_set,
+        cell(origin.get("real", {}), "rougeL"), cell(origin.get("generated", {}), "rougeL"),
+        cell(origin.get("real", {}), "semantic_similarity"), cell(origin.get("generated", {}), "semantic_similarity"),
+        *(cell(paired["overall"], k) for k in ("persona_match", "blend_rate", "runaway_rate", "words_mean")),
     ]
     return "| " + " | ".join(cells) + " |"
 
@@ -220,9 +294,10 @@ def compare(cfg: Config, run_dir: Path) -> dict:
     run_dir = Path(run_dir)
     tuned_dir = run_dir / EVAL_DIR["run"]
     base_dir = baseline_dir(cfg, run_dir)
-    tuned, _ = _load_eval(cfg, tuned_dir, "fine-tuned", f"run `make eval RUN={run_dir.name}` first")
-    base, _ = _load_eval(cfg, base_dir, "baseline", f"run `make eval-baseline RUN={run_dir.name}` first")
+    tuned, tuned_preds = _load_eval(cfg, tuned_dir, "fine-tuned", f"run `make eval RUN={run_dir.name}` first")
+    base, base_preds = _load_eval(cfg, base_dir, "baseline", f"run `make eval-baseline RUN={run_dir.name}` first")
     _check_same_set(base, tuned, base_dir, tuned_dir)
+    paired = paired_comparison(base_preds, tuned_preds)
 
     result = {
         "run_dir": str(run_dir),
@@ -233,14 +308,15 @@ def compare(cfg: Config, run_dir: Path) -> dict:
             n: {k: {"baseline": base["per_persona"].get(n, {}).get(k), "fine_tuned": tuned["per_persona"][n].get(k)} for k, _, _ in METRIC_ROWS}
             for n in tuned["per_persona"]
         },
+        "paired": paired,
     }
     out = run_dir / COMPARE_DIR
     with atomic_dir(out) as tmp:
-        (tmp / "comparison.md").write_text(render_table(base, tuned), encoding="utf-8")
-        render_chart(base, tuned, tmp / "comparison.png")
+        (tmp / "comparison.md").write_text(render_table(base, tuned, paired), encoding="utf-8")
+        render_chart(tuned, paired, tmp / "comparison.png")
         (tmp / "comparison.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     log_path = cfg.resolve(cfg.paths.training_log)
-    row = log_row(cfg, run_dir, base, tuned)
+    row = log_row(cfg, run_dir, tuned, paired)
     append_log_row(log_path, row, row.split(" | ")[1])
     result["training_log"] = str(log_path)
     result["compare_dir"] = str(out)
@@ -252,8 +328,11 @@ def run(cfg: Config, *, run: str = "latest") -> int:
 
     run_dir = resolve_run(cfg.runs_dir, run)
     res = compare(cfg, run_dir)
-    o = res["overall"]
     print(f"comparison: {res['compare_dir']}/comparison.md (+ comparison.png); row added to {res['training_log']}")
-    for k in ("rouge1", "rouge2", "rougeL", "bleu", "persona_match", "blend_rate"):
-        print(f"  {k:14s} baseline {fmt(o[k]['baseline'])}  fine-tuned {fmt(o[k]['fine_tuned'])}")
+    print("  baseline → fine-tuned, change [95 % interval]; ✓/✗ only when the interval excludes 0")
+    slices_shown = [("overall", res["paired"]["overall"]), *res["paired"].get("per_origin", {}).items()]
+    for name, metrics in slices_shown:
+        for k in ("rougeL", "semantic_similarity", "persona_match", "runaway_rate"):
+            if k in metrics:
+                print(f"  {name:10s} {k:20s} {_cell(metrics[k])}")
     return 0

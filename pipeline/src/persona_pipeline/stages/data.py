@@ -347,6 +347,15 @@ def _volume_gate(cfg: Config, stats: dict[str, Any]) -> None:
                     "(the writer model writes one answer per hypothetical question) or add transcripts", total, target)
 
 
+def _transcript_stats(t: TranscriptStats, with_labels: bool) -> dict[str, Any]:
+    """One transcript's row of stats.json: turn counts per unknown speaker label, or only their totals."""
+    row = dataclasses.asdict(t)
+    if not with_labels:
+        for field in ("unmapped_speakers", "skipped_speakers"):
+            row[field] = {"labels": len(row[field]), "turns": sum(row[field].values())}
+    return row
+
+
 def run(cfg: Config) -> int:
     start = time.perf_counter()
     personas = load_personas(cfg)
@@ -364,7 +373,7 @@ def run(cfg: Config) -> int:
                         name, path, out_dir)
     stats = dict(dataset.stats)
     stats["facts"] = facts
-    stats["transcripts"] = [dataclasses.asdict(t) for t in tstats]
+    stats["transcripts"] = [_transcript_stats(t, cfg.generate.stats_speaker_labels) for t in tstats]
     stats["seconds"] = round(time.perf_counter() - start, 3)
     write_records(train_path, dataset.train, key)
     write_records(eval_path, dataset.eval, key)

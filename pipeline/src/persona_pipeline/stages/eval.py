@@ -27,6 +27,8 @@ from typing import Any
 from persona_pipeline.core.config import Config
 from persona_pipeline.core.errors import DataError, PipelineError
 from persona_pipeline.core.fsutil import atomic_dir
+from persona_pipeline.data.split import RUN_WORDS, containment
+from persona_pipeline.evaluation.intervals import intervals, slices
 
 log = logging.getLogger(__name__)
 
@@ -84,9 +86,8 @@ def select_samples(records: list[dict], personas: list[str], max_samples: int | 
             by[persona_of(r)].append(i)
     missing = [n for n, idx in by.items() if not idx]
     if missing:
-        found = sorted({str(persona_of(r)) for r in records})
         raise DataError(
-            f"{source}: no eval samples for persona(s) {', '.join(missing)} named in eval.personas (the file has: {', '.join(found)})",
+            f"{source}: no eval samples for persona(s) {', '.join(missing)} named in eval.personas",
             hint="regenerate the data with `make data`, or set eval.personas to the personas the eval set covers",
         )
     chosen = sorted(i for idx in by.values() for i in idx)
@@ -176,6 +177,7 @@ def _aggregate(samples: list[dict]) -> dict[str, Any]:
     out["blend_rate"] = _mean([float(x["blend"]) for x in sc])
     out["blend_rate_contrastive"] = _mean([float(s["scores"]["blend"]) for s in contrastive])
     out.update(length_stats([s["answer"] for s in samples], [x["stop"] == "max_tokens" for x in sc]))
+    out["ci"] = intervals(samples)
     return out
 
 
@@ -241,7 +243,15 @@ def score(cfg: Config, samples: list[dict], train_records: list[dict], embedder)
         }
     groups = {"overall": _aggregate(samples)}
     groups["per_persona"] = {n: _aggregate([s for s in samples if s["persona"] == n]) for n in names}
+    for by in ("per_origin", "per_kind"):
+        groups[by] = {name: _aggregate([samples[i] for i in idx]) for name, idx in slices(samples, by).items()}
     return groups, fidelity
+
+
+def _containment(train_records: list[dict], samples: list[dict]) -> dict[str, Any]:
+    """How many evaluated references share a run of 8 words with a training answer (what "held out" means here)."""
+    found = containment([r["completion"] for r in train_records], [s["reference"] for s in samples])
+    return {"run_words": RUN_WORDS, "references_sharing_run": sum(c.share > 0 for c in found), "n": len(found)}
 
 
 # --------------------------------------------------------------------------- outputs
@@ -306,10 +316,19 @@ def evaluate(cfg: Config, run_dir: Path | None, *, out_dir: Path | None = None) 
     from persona_pipeline.data.personas import load_personas
 
     personas = load_personas(cfg)
+    persona_dir = cfg.resolve(cfg.generate.personas_dir)
     unknown = [n for n in cfg.eval.personas if n not in personas]
     if unknown:
-        raise DataError(f"eval.personas names {', '.join(unknown)}, which has no file in {cfg.resolve(cfg.generate.personas_dir)}",
+        raise DataError(f"eval.personas names {', '.join(unknown)}, which has no file in {persona_dir}",
                         hint="fix eval.personas or add the persona file")
+    # Line numbers only: a name that no persona file defines is record content, not configuration.
+    strays = [str(r["meta"].get("line")) for r in records if persona_of(r) not in personas]
+    if strays:
+        raise DataError(
+            f"{eval_path}: {len(strays)} record(s) name a persona that has no file in {persona_dir} "
+            f"(lines {', '.join(strays[:10])}{', ...' if len(strays) > 10 else ''})",
+            hint=f"known personas: {', '.join(sorted(personas))}; add the persona file or regenerate the data with `make data`",
+        )
     embedder, emb_status = load_embedder(cfg, str(device()))
     if not emb_status.available:
         print(f"notice: {emb_status.notice}")
@@ -327,6 +346,7 @@ def evaluate(cfg: Config, run_dir: Path | None, *, out_dir: Path | None = None) 
             "index": i,
             "persona": persona_of(r),
             "kind": r.get("meta", {}).get("kind"),
+            "origin": r.get("meta", {}).get("origin"),
             "line": r.get("meta", {}).get("line"),
             "prompt": r["prompt"],
             "reference": r["completion"].strip(),
@@ -347,7 +367,8 @@ def evaluate(cfg: Config, run_dir: Path | None, *, out_dir: Path | None = None) 
         "model": model_desc,
         "run_dir": str(run_dir) if run_dir else None,
         "eval_set": {"path": str(eval_path), "sha256": eval_sha, "n_records": len(records), "n_evaluated": len(chosen),
-                     "prompts_sha256": prompts_digest([(s["prompt"], s["reference"]) for s in samples])},
+                     "prompts_sha256": prompts_digest([(s["prompt"], s["reference"]) for s in samples]),
+                     "containment": _containment(train_records, samples)},
         "train_set": {"path": str(train_path), "sha256": train_sha, "n_records": len(train_records)},
         "generation": {**settings.to_dict(), "batch_size": cfg.eval.batch_size},
         **groups,

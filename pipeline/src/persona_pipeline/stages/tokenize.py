@@ -2,9 +2,13 @@
 
 Each sample is ``prompt tokens (BOS added by the tokenizer) + completion tokens + EOS``;
 prompt tokens are labelled -100 so the loss covers only the persona's answer and
-its end. A sample longer than ``data.max_length`` loses prompt tokens from the left
-(right after BOS, so the most recent turn and the answer survive); only when the
-completion alone does not fit is the completion cut from the right.
+its end. Prompt and completion are tokenized as one text and split at the prompt's
+last character by token offsets: tokenized apart, a SentencePiece tokenizer would
+put an extra "▁" at the start of the completion that the model never sees when it
+generates. A sample longer than ``data.max_length`` keeps BOS and the persona's
+system line and loses the oldest dialogue turns (then, if the last question alone
+is too long, its beginning); only when the completion alone does not fit is the
+completion cut from the right.
 
 Cache at rest: ``outputs/cache/tokenized/<split>-<hash>.tok.enc``. Token ids are
 *not* anonymised data -- anyone with the (public) tokenizer turns them back into
@@ -29,13 +33,14 @@ from persona_pipeline.core.crypto import CryptoError, decrypt_bytes, encrypt_byt
 from persona_pipeline.stages.keys import data_key
 from persona_pipeline.core.errors import DataError
 from persona_pipeline.core.fsutil import atomic_write_bytes
+from persona_pipeline.core.prompt_format import turn_starts
 from persona_pipeline.core.records import Record, read_records
 
 log = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
 # Bump when the sample layout or the truncation rule changes: old caches are then ignored.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 SPLITS = ("train", "eval")
 # Keep at least this many prompt tokens when a long completion has to be cut.
 MIN_PROMPT_TOKENS = 8
@@ -75,14 +80,22 @@ def tokenize_records(records: list[Record], tokenizer, max_length: int) -> tuple
             f"data.max_length={max_length} is too small to hold a prompt and an answer",
             hint=f"use at least {head + MIN_PROMPT_TOKENS + 2} (512 is the default)",
         )
+    if not getattr(tokenizer, "is_fast", False):
+        raise DataError(
+            f"the tokenizer {type(tokenizer).__name__} gives no character offsets (a 'slow' Python tokenizer)",
+            hint="use the model's fast tokenizer (tokenizer.json); prompt and completion are split by offsets",
+        )
     stats = {"records": len(records), "prompt_truncated": 0, "completion_truncated": 0, "dropped_empty": 0}
     samples: list[dict] = []
     chunk = 256
     for start in tqdm(range(0, len(records), chunk), desc="tokenize", unit="chunk", leave=False):
         part = records[start : start + chunk]
-        prompts = tokenizer([r["prompt"] for r in part], add_special_tokens=True)["input_ids"]
-        completions = tokenizer([r["completion"] for r in part], add_special_tokens=False)["input_ids"]
-        for p, c in zip(prompts, completions):
+        enc = tokenizer(
+            [r["prompt"] + r["completion"] for r in part],
+            add_special_tokens=True, return_offsets_mapping=True, return_special_tokens_mask=True,
+        )
+        for i, r in enumerate(part):
+            p, c, starts = _split(enc["input_ids"][i], enc["offset_mapping"][i], enc["special_tokens_mask"][i], r["prompt"])
             if not c:
                 stats["dropped_empty"] += 1
                 continue
@@ -94,7 +107,7 @@ def tokenize_records(records: list[Record], tokenizer, max_length: int) -> tuple
                     stats["completion_truncated"] += 1
                 keep_p = max_length - len(c)
                 if len(p) > keep_p:
-                    p = p[:head] + p[len(p) - (keep_p - head) :]
+                    p = _cut_prompt(p, starts, keep_p, head)
                     stats["prompt_truncated"] += 1
             samples.append({"input_ids": p + c, "labels": [IGNORE_INDEX] * len(p) + c})
     lengths = [len(s["input_ids"]) for s in samples]
@@ -107,6 +120,43 @@ def tokenize_records(records: list[Record], tokenizer, max_length: int) -> tuple
         max_length=max_length,
     )
     return samples, stats
+
+
+def _split(
+    ids: list[int], offsets: list[tuple[int, int]], special: list[int], prompt: str
+) -> tuple[list[int], list[int], list[int]]:
+    """Prompt ids, completion ids and the token index where each dialogue turn starts.
+
+    A token belongs to the prompt when it starts inside the prompt's characters (a token
+    spanning the boundary stays with the prompt, which is what the model sees at inference).
+    Special tokens in front (BOS) are prompt; special tokens the tokenizer appends are
+    dropped, since EOS is appended explicitly.
+    """
+    cut = len(prompt)
+    n = 0
+    while n < len(ids) and (special[n] or offsets[n][0] < cut):
+        n += 1
+    completion = [t for t, s in zip(ids[n:], special[n:]) if not s]
+    turns = turn_starts(prompt)
+    starts = [next((k for k in range(n) if not special[k] and offsets[k][0] >= ch), n) for ch in turns]
+    return ids[:n], completion, starts
+
+
+def _cut_prompt(p: list[int], starts: list[int], keep: int, head: int) -> list[int]:
+    """At most ``keep`` prompt tokens: BOS, the system line and the newest turns that fit.
+
+    Without a system line/turn layout, or when the last turn alone is too long, the prompt
+    loses tokens from its left end instead (right after the system line when that still
+    leaves ``MIN_PROMPT_TOKENS``, else right after BOS).
+    """
+    if starts:
+        system = p[: starts[0]]
+        for s in starts:
+            if len(system) + len(p) - s <= keep:
+                return system + p[s:]
+        if keep - len(system) >= MIN_PROMPT_TOKENS:
+            return system + p[len(p) - (keep - len(system)) :]
+    return p[:head] + p[len(p) - (keep - head) :]
 
 
 def tokenizer_fingerprint(tokenizer) -> str:

@@ -14,10 +14,11 @@ import math
 import statistics
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Collection
 
 from persona_pipeline.stages.keys import data_key
 from persona_pipeline.data.dedup import Sample, find_leaks, similar_pairs, shingles
+from persona_pipeline.data.personas import load_personas
 from persona_pipeline.data.split import RUN_WORDS, containment
 from persona_pipeline.core.fsutil import atomic_write_json
 from persona_pipeline.stages.data import KINDS
@@ -60,7 +61,9 @@ def _token_counter(cfg: Config) -> tuple[Callable[[str], int], str]:
     return (lambda text: math.ceil(len(text.split()) * WORDS_TO_TOKENS) + 1), "estimate (whitespace words)"
 
 
-def _check_records(records: list[Record], split: str) -> tuple[list[dict[str, Any]], list[Sample | None]]:
+def _check_records(
+    records: list[Record], split: str, personas: Collection[str]
+) -> tuple[list[dict[str, Any]], list[Sample | None]]:
     """Schema and format problems per record, and the (question, answer) of every well-formed record."""
     problems: list[dict[str, Any]] = []
     samples: list[Sample | None] = []
@@ -85,13 +88,16 @@ def _check_records(records: list[Record], split: str) -> tuple[list[dict[str, An
             problem(r, f"prompt: {exc}")
             samples.append(None)
             continue
+        if parsed.name not in personas:
+            problem(r, f"the persona named in the prompt has no persona file (known: {', '.join(sorted(personas))})")
         meta = r["meta"]
+        # Field names and expectations only: the values are record content.
         if "persona" in meta and meta["persona"] != parsed.name:
-            problem(r, f"meta.persona {meta['persona']!r} does not match the prompt's persona {parsed.name!r}")
+            problem(r, "meta.persona does not match the persona named in the prompt's 'You are <Name>, ...'")
         if "kind" in meta and meta["kind"] not in KINDS:
-            problem(r, f"meta.kind {meta['kind']!r} is not one of {', '.join(KINDS)}")
+            problem(r, f"meta.kind is not one of {', '.join(KINDS)}")
         if "turns" in meta and meta["turns"] != parsed.turns:
-            problem(r, f"meta.turns is {meta['turns']} but the prompt has {parsed.turns} question(s)")
+            problem(r, f"meta.turns does not match the prompt, which has {parsed.turns} question(s)")
         samples.append(Sample(parsed.question, r["completion"], meta.get("group")))
     return problems, samples
 
@@ -117,20 +123,29 @@ def _duplicates(records: list[Record], samples: list[Sample | None], threshold: 
     return {"exact_duplicates": sum(n - 1 for n in exact.values() if n > 1), "near_duplicate_pairs": near}
 
 
-def validate(cfg: Config, train: list[Record], evals: list[Record], count: Callable[[str], int]) -> dict[str, Any]:
-    """The validation report (a dict of counts and line numbers); ``ok`` is False on errors or leakage."""
+def validate(
+    cfg: Config, train: list[Record], evals: list[Record], count: Callable[[str], int], personas: Collection[str]
+) -> dict[str, Any]:
+    """The validation report (a dict of counts and line numbers); ``ok`` is False on errors or leakage.
+
+    ``personas`` are the names with a persona file; other names in records count as ``?``.
+    """
     threshold = cfg.generate.near_duplicate_threshold
     report: dict[str, Any] = {"splits": {}, "schema_errors": []}
     checked = {}
     for split, records in (("train", train), ("eval", evals)):
-        problems, samples = _check_records(records, split)
+        problems, samples = _check_records(records, split, personas)
         report["schema_errors"] += problems
         checked[split] = samples
-        kinds = Counter((r["meta"].get("persona", "?"), r["meta"].get("kind", "?")) for r in records)
+        # Only names the project defines become keys: anything else in meta is record content.
+        kinds = Counter(
+            (p if (p := r["meta"].get("persona")) in personas else "?", k if (k := r["meta"].get("kind")) in KINDS else "?")
+            for r in records
+        )
         report["splits"][split] = {
             "records": len(records),
             "by_persona_kind": {f"{p}/{k}": n for (p, k), n in sorted(kinds.items())},
-            "multi_turn": sum(1 for r in records if r["meta"].get("turns", 1) > 1),
+            "multi_turn": sum(1 for r in records if isinstance(t := r["meta"].get("turns", 1), int) and t > 1),
             "lengths": _lengths(records, count, cfg.data.max_length),
             **_duplicates(records, samples, threshold),
         }
@@ -221,7 +236,7 @@ def run(cfg: Config) -> int:
     train = read_records(paths["train"], key)
     evals = read_records(paths["eval"], key)
     count, counter_name = _token_counter(cfg)
-    report = validate(cfg, train, evals, count)
+    report = validate(cfg, train, evals, count, set(load_personas(cfg)))
     report["token_counter"] = counter_name
     report["files"] = {k: str(v) for k, v in paths.items()}
     out = cfg.outputs_dir / REPORT_FILE
