@@ -52,6 +52,11 @@ def run_dir(tmp_path, tiny_model_dir):
     (run / "eval" / "predictions.jsonl.enc").write_bytes(b"encrypted")
     (run / "eval_baseline").mkdir()
     (run / "eval_baseline" / "metrics.json").write_text(json.dumps(_metrics(0.1234, 0.3333, "base")))
+    (run / "compare").mkdir()
+    rouge = {"n": 12, "baseline": 0.1234, "fine_tuned": 0.4321, "change": 0.3087, "change_ci": [0.25, 0.36], "verdict": "better"}
+    match = {**rouge, "n": 4, "change": 0.05, "change_ci": [-0.1, 0.2], "verdict": "no clear change"}
+    (run / "compare" / "comparison.json").write_text(json.dumps(
+        {"paired": {"overall": {"rougeL": rouge}, "per_origin": {"real": {"rougeL": match}}}}))
     (run / "train_summary.json").write_text(json.dumps(
         {"epochs": 6.0, "global_step": 42, "tokens_seen": 12345, "trainable_parameters": 98765,
          "base_eval_loss": 4.5, "final_eval_loss": 2.25, "samples": {"train": 48, "eval": 12}}))
@@ -92,7 +97,9 @@ def test_dry_run_stages_model_gguf_and_card_with_real_metrics(tmp_path, tiny_mod
     assert "would upload 10 files" in out and "me/personas/tiny" in out and "nothing sent" in out
     card = (staged / "README.md").read_text()
     assert "license: apache-2.0" in card
-    assert "| ROUGE-L | 0.123 | 0.432 |" in card and "| persona match | 0.333 | 0.917 |" in card
+    assert "| ROUGE-L | 0.123 | 0.432 | +0.309 [+0.250, +0.360] ✓ |" in card
+    assert "| persona match | 0.333 | 0.917 | no interval |" in card  # compared, but no interval in comparison.json
+    assert "| real | 4 | +0.050 [-0.100, +0.200] ≈ | n/a | n/a |" in card
     assert "| Tilda | 4 |" in card
     # What "held out" means is measured, not asserted: the eval's own overlap count from metrics.json.
     assert "1 of 12 reference answers share a run of 8 words with a training answer" in card and "never seen" not in card

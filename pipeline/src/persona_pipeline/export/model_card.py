@@ -64,7 +64,7 @@ def _num(v: Any) -> str:
 
 def metrics_section(cfg: Config, run_dir: Path) -> list[str]:
     """Overall and per-persona metrics of the run's eval and of the baseline (un-tuned base model)."""
-    from persona_pipeline.stages.compare import METRIC_ROWS, baseline_dir
+    from persona_pipeline.stages.compare import COMPARE_DIR, METRIC_ROWS, baseline_dir, change_text
 
     tuned = _read_json(Path(run_dir) / "eval" / "metrics.json")
     base = _read_json(baseline_dir(cfg, Path(run_dir)) / "metrics.json")
@@ -80,15 +80,27 @@ def metrics_section(cfg: Config, run_dir: Path) -> list[str]:
     lines += [
         f"Held-out eval set of {n} questions ({overlap}), "
         f"{'sampling' if gen.get('do_sample') else 'greedy decoding'}, at most {gen.get('max_new_tokens', '?')} new tokens. "
-        "The baseline is the un-tuned base model with the same prompts.",
+        "The baseline is the un-tuned base model with the same prompts. Change: fine-tuned minus baseline with its "
+        "95 % paired-bootstrap interval over the prompts (`make compare`); ✓ / ✗ only when the interval excludes 0.",
         "",
-        "| metric | baseline | fine-tuned |",
-        "|---|---:|---:|",
+        "| metric | baseline | fine-tuned | change |",
+        "|---|---:|---:|---:|",
     ]
+    paired = (_read_json(Path(run_dir) / COMPARE_DIR / "comparison.json") or {}).get("paired") or {}
+    over = paired.get("overall") or {}
     for key, label, _ in METRIC_ROWS:
         if t_over.get(key) is None and b_over.get(key) is None:
             continue
-        lines.append(f"| {label} | {_num(b_over.get(key)) if base else NOT_YET} | {_num(t_over.get(key))} |")
+        change = change_text(over[key]) if key in over else ("no interval" if paired else "not compared yet (`make compare`)")
+        lines.append(f"| {label} | {_num(b_over.get(key)) if base else NOT_YET} | {_num(t_over.get(key))} | {change} |")
+    origin = paired.get("per_origin") or {}
+    if origin:
+        keys = [(k, label) for k, label, _ in METRIC_ROWS if k in ("rougeL", "semantic_similarity", "persona_match")]
+        lines += ["", "Change by origin of the reference (real transcript quotes vs generated):", "",
+                  "| origin | n | " + " | ".join(l for _, l in keys) + " |", "|---|---:|" + "---:|" * len(keys)]
+        for name, m in origin.items():
+            n_slice = next(iter(m.values()))["n"] if m else 0
+            lines.append(f"| {name} | {n_slice} | " + " | ".join(change_text(m[k]) if k in m else "n/a" for k, _ in keys) + " |")
     per = tuned.get("per_persona") or {}
     if per:
         keys = [(k, label) for k, label, _ in METRIC_ROWS if k in ("rougeL", "bleu", "persona_match", "blend_rate")]

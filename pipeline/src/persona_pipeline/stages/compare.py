@@ -133,9 +133,14 @@ def _ci(v: float, ci: list[float], signed: bool = False) -> str:
     return f"{f.format(v)} [{f.format(ci[0])}, {f.format(ci[1])}]"
 
 
+def change_text(e: dict[str, Any]) -> str:
+    """``change [CI] mark`` of a :func:`_paired_metrics` entry (also used by the model card)."""
+    return f"{_ci(e['change'], e['change_ci'], True)} {MARKS[e['verdict']]}".rstrip()
+
+
 def _cell(e: dict[str, Any]) -> str:
     """``base → tuned, change [CI] mark`` for the slice table and the log."""
-    return f"{e['baseline']:.3f} → {e['fine_tuned']:.3f}, {_ci(e['change'], e['change_ci'], True)} {MARKS[e['verdict']]}".rstrip()
+    return f"{e['baseline']:.3f} → {e['fine_tuned']:.3f}, {change_text(e)}"
 
 
 def render_table(base: dict, tuned: dict, paired: dict[str, Any]) -> str:
@@ -151,6 +156,8 @@ def render_table(base: dict, tuned: dict, paired: dict[str, Any]) -> str:
         f"- fine-tuned: `{tuned['model'].get('adapter') or tuned['model']['model']}` ({tuned['created']})",
         f"- [low, high]: 95 % percentile bootstrap over the prompts ({N_BOOT} resamples); a change's interval is a paired "
         "bootstrap. ✓ better / ✗ worse only when the change's interval excludes 0; ≈ no clear change.",
+        f"- persona match reads against the persona classifier's accuracy on the references: "
+        f"{fmt(tuned['fidelity']['tfidf']['accuracy'], True)} (its ceiling)",
         "",
         "| metric | baseline | fine-tuned | change | |",
         "|---|---:|---:|---:|---|",
@@ -193,7 +200,9 @@ def render_chart(tuned: dict, paired: dict[str, Any], path: Path) -> None:
     groups = [("overall", paired["overall"])] + [(name, m) for by in ("per_origin", "per_persona") for name, m in paired[by].items()]
     keys = [k for k in CHART_METRICS if k in paired["overall"]]
     labels = {k: lab for k, lab, _ in METRIC_ROWS}
-    fig, axes = plt.subplots(1, len(keys), figsize=(4.4 * len(keys), 3.6), squeeze=False)
+    cols = 3
+    rows = (len(keys) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.4 * rows), squeeze=False)
     x = np.arange(len(groups))
     for ax, key in zip(axes.flat, keys):
         for side, dx, color in (("baseline", -0.2, "#9aa5b1"), ("fine_tuned", 0.2, "#2f6fb3")):
@@ -206,9 +215,12 @@ def render_chart(tuned: dict, paired: dict[str, Any], path: Path) -> None:
                 ax.annotate(MARKS[m[key]["verdict"]], (i, 1.02), xycoords=("data", "axes fraction"), ha="center", fontsize=11)
         ax.set_title(labels[key] + (" (lower is better)" if key.endswith("_rate") else ""), fontsize=10, pad=14)
         ax.set_xticks(x, [g for g, _ in groups], fontsize=8, rotation=30)
-        if key != "words_mean":
+        if key.endswith(("_rate", "_match")):  # shares: the whole 0-1 scale; scores and lengths: their own
             ax.set_ylim(0, 1.0)
+        ax.axhline(0, color="black", linewidth=0.6)
         ax.grid(axis="y", alpha=0.3)
+    for ax in list(axes.flat)[len(keys):]:
+        ax.axis("off")
     axes.flat[0].legend(fontsize=8)
     fig.suptitle(f"{tuned['config']}: baseline vs fine-tuned on {tuned['eval_set']['n_evaluated']} held-out samples "
                  "(bars: 95 % intervals; ✓/✗: the paired change excludes 0)", fontsize=10)
