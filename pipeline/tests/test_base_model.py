@@ -8,11 +8,10 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from persona_pipeline.stages.base_model import build_base_model
+from conftest import CONFIGS, TINY_TEST_MODEL
 from persona_pipeline.core.config import load_config
 from persona_pipeline.core.errors import PipelineError
-
-from conftest import CONFIGS, TINY_TEST_MODEL
+from persona_pipeline.stages.base_model import build_base_model
 
 
 def test_loads_with_auto_classes_and_generates(tiny_model_dir):

@@ -7,9 +7,8 @@ import sys
 
 import pytest
 
-from persona_pipeline.cli import STAGES, build_parser, main
-
 from conftest import PIPELINE
+from persona_pipeline.cli import STAGES, build_parser, main
 
 
 def test_every_stage_module_exists():

@@ -8,10 +8,9 @@ import time
 
 import pytest
 
+from conftest import CONFIGS, PIPELINE
 from persona_pipeline.core.config import dump_config, load_config
 from persona_pipeline.core.errors import ConfigError
-
-from conftest import CONFIGS, PIPELINE
 
 SHIPPED = sorted(p for p in CONFIGS.glob("*.yaml") if p.name != "base.yaml")
 
@@ -19,7 +18,7 @@ SHIPPED = sorted(p for p in CONFIGS.glob("*.yaml") if p.name != "base.yaml")
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
 def test_shipped_configs_validate(path):
     cfg = load_config(path)
-    # LoRA defaults come from base.yaml, once, for every model.
+    # LoRA defaults come from the schema, once, for every model.
     assert (cfg.lora.r, cfg.lora.lora_alpha, cfg.lora.lora_dropout) == (64, 128, 0.05)
     assert cfg.lora.target_modules == ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     assert cfg.train.epochs == 6 and cfg.data.max_length == 512
@@ -28,8 +27,20 @@ def test_shipped_configs_validate(path):
 
 
 def test_lora_settings_written_once():
-    files_with_r = [p.name for p in CONFIGS.glob("*.yaml") if "lora_alpha" in p.read_text()]
-    assert files_with_r == ["base.yaml"]
+    # The schema holds the LoRA defaults; no config repeats them.
+    assert [p.name for p in CONFIGS.glob("*.yaml") if "lora_alpha" in p.read_text()] == []
+
+
+def test_base_yaml_keeps_only_what_differs_from_the_schema():
+    import yaml
+
+    from persona_pipeline.core.config import Config
+
+    defaults = Config().to_dict()
+    same = [f"{section}.{key}" for section, values in yaml.safe_load((CONFIGS / "base.yaml").read_text()).items()
+            for key, value in (values.items() if isinstance(values, dict) else [(None, values)])
+            if (defaults[section][key] if key else defaults[section]) == value]
+    assert same == [], f"base.yaml repeats schema defaults: {same}"
 
 
 @pytest.mark.parametrize(
@@ -133,3 +144,24 @@ def test_cli_bad_config_fails_fast_without_heavy_imports(tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert "did you mean 'lora_alpha'" in proc.stderr
     assert time.perf_counter() - start < 20
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.batch_size=0", "train.batch_size: must be >= 1, got 0"),
+    ("train.learning_rate=0", "train.learning_rate: must be > 0, got 0.0"),
+    ("lora.lora_dropout=1.0", "lora.lora_dropout: must be < 1, got 1.0"),
+    ("eval.top_p=1.5", "eval.top_p: must be <= 1, got 1.5"),
+    ("generate.eval_fraction=0", "generate.eval_fraction: must be > 0, got 0.0"),
+])
+def test_out_of_range_values_are_refused(override, message):
+    with pytest.raises(ConfigError) as exc:
+        load_config(CONFIGS / "train_tiny.yaml", [override])
+    assert message in str(exc.value) and "command-line override" in str(exc.value)
+
+
+def test_out_of_range_value_in_a_file_names_its_line(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("name: x\ntrain:\n  epochs: 1\n  batch_size: -2\n")
+    with pytest.raises(ConfigError) as exc:
+        load_config(cfg)
+    assert f"{cfg}:4: train.batch_size: must be >= 1, got -2" in str(exc.value)

@@ -68,7 +68,7 @@ def test_split_keeps_groups_whole_and_covers_every_stratum():
     n_eval = sum(g in eval_groups for g in groups)
     assert 0.10 <= n_eval / len(groups) <= 0.20
     for s in set(strata):
-        gs = {g for g, st in zip(groups, strata) if st == s}
+        gs = {g for g, st in zip(groups, strata, strict=True) if st == s}
         assert gs & eval_groups and gs - eval_groups  # each stratum in both splits
     assert split_groups(groups, strata, 0.15, seed=1) == eval_groups  # deterministic
 

@@ -12,14 +12,9 @@ from persona_pipeline.cli import main
 from persona_pipeline.core.config import load_config
 from persona_pipeline.core.errors import DataError
 from persona_pipeline.data.personas import load_personas, parse_persona, read_yaml_file
-from persona_pipeline.data.transcripts import (
-    derive_question,
-    ingest_transcript,
-    key_words,
-    load_speaker_map,
-    parse_transcript,
-    split_answer,
-)
+from persona_pipeline.data.speaker_maps import load_speaker_map
+from persona_pipeline.data.transcripts import derive_question, ingest_transcript, key_words, split_answer
+from persona_pipeline.data.turns import parse_transcript
 
 PIPELINE = Path(__file__).resolve().parents[1]
 CONFIG = PIPELINE / "configs" / "train_tiny.yaml"
@@ -103,7 +98,7 @@ def test_new_transcript_every_mapped_persona_answer_becomes_samples(tmp_path, pe
     # The long turn (7 x 19 + 13 words, limit 40) is split at sentence boundaries into 4 pieces of <= 40 words.
     long_pieces = [p for p in pairs if p.persona == "Anis"]
     assert len(long_pieces) == 4 and stats.split_turns == 1
-    assert all(len(p.answer.split()) <= 40 and p.answer.endswith((".")) for p in long_pieces)
+    assert all(len(p.answer.split()) <= 40 and p.answer.endswith(".") for p in long_pieces)
     assert [p.piece for p in long_pieces] == [0, 1, 2, 3]
     # Asked questions stay; the first piece of the long turn answers the host's question.
     asked = {p.answer: p.question for p in pairs if not p.derived}

@@ -14,10 +14,11 @@ from persona_pipeline.cli import main
 from persona_pipeline.core.config import load_config
 from persona_pipeline.core.crypto import MAGIC, encode_key
 from persona_pipeline.core.errors import DataError
-from persona_pipeline.stages.data import KINDS, build
-from persona_pipeline.data.personas import load_persona_file, load_personas, project_text
 from persona_pipeline.core.prompt_format import parse_prompt
-from persona_pipeline.core.records import read_records, write_records
+from persona_pipeline.core.records import KINDS, read_records, write_records
+from persona_pipeline.data.corpus import project_text
+from persona_pipeline.data.dataset import build
+from persona_pipeline.data.personas import load_persona_file, load_personas
 from persona_pipeline.data.transcripts import ingest_all
 
 PIPELINE = Path(__file__).resolve().parents[1]

@@ -17,10 +17,10 @@ from persona_pipeline.cli import main
 from persona_pipeline.core.config import load_config
 from persona_pipeline.core.crypto import decode_key
 from persona_pipeline.core.records import read_records
+from persona_pipeline.data.dataset import make_drafts
 from persona_pipeline.data.personas import load_personas
 from persona_pipeline.data.review import load_decisions, needs_review
 from persona_pipeline.data.transcripts import ingest_all
-from persona_pipeline.stages.data import make_drafts
 
 PIPELINE = Path(__file__).resolve().parents[1]
 CONFIG = PIPELINE / "configs" / "train_tiny.yaml"

@@ -12,7 +12,9 @@ from persona_pipeline.cli import main
 from persona_pipeline.core.config import load_config
 from persona_pipeline.core.errors import DataError
 from persona_pipeline.data.personas import load_personas
-from persona_pipeline.data.transcripts import ingest_transcript, is_filler, load_speaker_map, parse_transcript
+from persona_pipeline.data.speaker_maps import load_speaker_map
+from persona_pipeline.data.transcripts import ingest_transcript
+from persona_pipeline.data.turns import is_filler, parse_transcript
 
 PIPELINE = Path(__file__).resolve().parents[1]
 SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
@@ -34,7 +36,7 @@ def ingest(path: Path, map_name: str, personas):
 
 def _flat(text: str) -> str:
     """Transcript text as ingestion sees it, for substring checks (quotes straightened, spaces collapsed)."""
-    from persona_pipeline.data.transcripts import clean_text
+    from persona_pipeline.data.turns import clean_text
 
     return " ".join(clean_text(line) for line in text.splitlines())  # per line: a "[" never pairs with a later line's "]"
 

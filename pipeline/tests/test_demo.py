@@ -10,16 +10,14 @@ import json
 
 import pytest
 
+from conftest import CONFIGS, TINY_TEST_MODEL
 from persona_pipeline.cli import main
 from persona_pipeline.core.crypto import decode_key
 from persona_pipeline.core.records import read_records
 
-from conftest import CONFIGS, TINY_TEST_MODEL
-
 
 @pytest.mark.slow
 def test_demo_end_to_end(tmp_path, data_key, monkeypatch, capsys):
-    monkeypatch.setenv("PERSONA_PIPELINE_AUTO_INSTALL", "0")
     model_dir = tmp_path / "models" / "tiny-llama"
     overrides = TINY_TEST_MODEL + [
         "base_model.warmup_steps=10",
@@ -59,13 +57,14 @@ def test_demo_end_to_end(tmp_path, data_key, monkeypatch, capsys):
     from rouge_score import rouge_scorer
 
     from persona_pipeline.core.config import load_config
-    from persona_pipeline.stages.eval import read_predictions
+    from persona_pipeline.core.runs import EvalDir
+    from persona_pipeline.evaluation.results import read_predictions
 
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
     cfg = load_config(CONFIGS / "train_tiny.yaml", overrides)
     for sub in ("eval", "eval_baseline"):
         metrics = json.loads((run / sub / "metrics.json").read_text())
-        preds = read_predictions(cfg, run / sub)
+        preds = read_predictions(cfg, EvalDir(run / sub))
         # The reported ROUGE-L is the mean over the saved answers, recomputed here with rouge-score itself.
         recomputed = sum(scorer.score(p["reference"], p["answer"])["rougeL"].fmeasure for p in preds) / len(preds)
         assert len(preds) == 9 and metrics["overall"]["rougeL"] == pytest.approx(recomputed, abs=1e-9)

@@ -18,6 +18,7 @@ from conftest import CONFIGS, HAVE_EMBEDDINGS, TEST_KEY, persona_records
 from persona_pipeline.cli import main
 from persona_pipeline.core.config import load_config
 from persona_pipeline.core.records import write_records
+from persona_pipeline.core.runs import EvalDir
 
 # In CI a missing embeddings wheel makes eval fail (required) instead of quietly testing the fallback.
 USE_EMBEDDINGS = HAVE_EMBEDDINGS or bool(os.environ.get("CI"))
@@ -107,12 +108,12 @@ def test_finetuned_beats_baseline_and_writes_reports(evaluated, data_key):
     assert tuned["overall"]["runaway_rate"] < base["overall"]["runaway_rate"]
 
     # Predictions are encrypted like the eval set they quote, and hold per-sample scores.
-    from persona_pipeline.stages.eval import read_predictions
+    from persona_pipeline.evaluation.results import read_predictions
 
     raw = (run_dir / "eval" / "predictions.jsonl.enc").read_bytes()
     assert b"Human:" not in raw and not (run_dir / "eval" / "predictions.jsonl").exists()
     cfg = load_config(CONFIGS / "eval_tiny.yaml", overrides)
-    preds = read_predictions(cfg, run_dir / "eval")
+    preds = read_predictions(cfg, EvalDir(run_dir / "eval"))
     assert len(preds) == 12
     p = preds[0]
     assert {"prompt", "reference", "answer", "persona", "scores"} <= set(p)
@@ -167,7 +168,7 @@ def _copy_run(run_dir: Path, tmp_path: Path) -> Path:
 
 def test_compare_refuses_evals_of_different_eval_sets(evaluated, data_key, tmp_path, capsys):
     from persona_pipeline.core.crypto import encrypt_bytes, load_key
-    from persona_pipeline.stages.eval import read_predictions
+    from persona_pipeline.evaluation.results import read_predictions
 
     overrides, run_dir = evaluated
     run = _copy_run(run_dir, tmp_path)
@@ -176,9 +177,9 @@ def test_compare_refuses_evals_of_different_eval_sets(evaluated, data_key, tmp_p
 
     # 1. A predictions file from another eval set dropped into the baseline folder.
     cfg = load_config(CONFIGS / "eval_tiny.yaml", overrides)
-    preds = read_predictions(cfg, run / "eval_baseline")
+    preds = read_predictions(cfg, EvalDir(run / "eval_baseline"))
     other = persona_records(12, 7)
-    for p, r in zip(preds, other):
+    for p, r in zip(preds, other, strict=False):
         p["prompt"], p["reference"] = r["prompt"], r["completion"].strip()
     blob = "".join(json.dumps(p) + "\n" for p in preds).encode()
     (run / "eval_baseline" / "predictions.jsonl.enc").write_bytes(encrypt_bytes(blob, load_key(cfg.resolve(cfg.data.key_file))))
@@ -226,8 +227,8 @@ def test_eval_bad_input_fails_clearly_and_overwrites_nothing(evaluated, data_key
 
 def test_bench_eval_batched_matches_one_at_a_time(evaluated, data_key):
     overrides, run_dir = evaluated
-    ov = [*overrides, "eval.bench_samples=8", "eval.bench_repeats=1", "eval.batch_size=4", "eval.max_new_tokens=16"]
-    assert main(["bench-eval", "--config", str(CONFIGS / "eval_tiny.yaml"), *ov]) == 0
+    ov = [*overrides, "eval.batch_size=4", "eval.max_new_tokens=16"]
+    assert main(["bench-eval", "--config", str(CONFIGS / "eval_tiny.yaml"), "--samples", "8", "--repeats", "1", *ov]) == 0
     cfg = load_config(CONFIGS / "eval_tiny.yaml", ov)
     res = json.loads((cfg.outputs_dir / "bench" / "bench_eval.json").read_text())
     assert res["prompts"] == 8 and res["batch_size"] == 4 and res["model"]["source"] == "run"

@@ -18,6 +18,7 @@ import pytest
 
 from persona_pipeline.core.config import load_config
 from persona_pipeline.core.errors import PipelineError
+from persona_pipeline.core.runs import RunDir
 from persona_pipeline.export.llamacpp import runtime_library
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -46,7 +47,6 @@ def _cfg(root: Path, model_dir: Path, *extra: str):
             f"data.key_file={root / 'missing' / 'key'}",
             "gguf.check_prompts=4",
             "gguf.check_max_new_tokens=12",
-            "gguf.auto_install=false",
             "gguf.threads=1",
             *extra,
         ],
@@ -63,7 +63,7 @@ def gguf_run(tmp_path_factory, tiny_model_dir):
     shutil.copytree(tiny_model_dir, run / "merged")
     cfg = _cfg(root, tiny_model_dir)
     for quant in ("F16", "Q8_0"):
-        export_gguf(cfg, run, quant)
+        export_gguf(cfg, RunDir(run), quant)
     return cfg, run
 
 
@@ -74,7 +74,7 @@ def _reader(path: Path):
 
 
 def _field(reader, key):
-    from persona_pipeline.stages.gguf_check import field_value
+    from persona_pipeline.export.gguf_io import field_value
 
     return field_value(reader, key)
 
@@ -121,16 +121,16 @@ def test_metadata_architecture_and_tokenizer(gguf_run, tiny_model_dir):
 
 @needs_llamacpp
 def test_f16_and_q8_run_in_llamacpp_and_agree_with_transformers(gguf_run):
-    from persona_pipeline.stages.gguf_check import check_gguf
     from persona_pipeline.export.llamacpp import LlamaCppModel
+    from persona_pipeline.stages.gguf_check import check_gguf
 
     cfg, run = gguf_run
-    f16 = check_gguf(cfg, run, "F16")
+    f16 = check_gguf(cfg, RunDir(run), "F16")
     assert f16["mode"] == "llama.cpp" and f16["status"] == "pass", f16
     assert f16["tokenization_equal"] == f16["prompts"] == 4
     assert f16["greedy_equal"] + f16["greedy_near_tie_divergences"] == 4
     assert f16["max_logit_diff"] < 0.02 and f16["top1_agreement"] >= 0.95
-    q8 = check_gguf(cfg, run, "Q8_0")
+    q8 = check_gguf(cfg, RunDir(run), "Q8_0")
     assert q8["status"] == "measured" and q8["top1_agreement"] >= 0.8, q8
     assert q8["max_logit_diff"] < 0.5
     for quant in ("F16", "Q8_0"):
@@ -176,8 +176,8 @@ def _sharp_copy(out: Path, tiny_model_dir: Path, rope_parameters: dict | None = 
 @needs_llamacpp
 def test_trap_qk_permutation(tmp_path, tiny_model_dir):
     """Without the q/k permutation the file loads and runs, and the model is wrong."""
-    from persona_pipeline.stages.gguf import convert, permute_qk
-    from persona_pipeline.stages.gguf_check import unpermute_qk
+    from persona_pipeline.export.gguf_convert import convert
+    from persona_pipeline.export.gguf_io import permute_qk, unpermute_qk
     from persona_pipeline.export.llamacpp import LlamaCppModel
 
     w = np.arange(8 * 3 * 2, dtype=np.float32).reshape(8 * 2, 3)
@@ -197,7 +197,7 @@ def test_trap_qk_permutation(tmp_path, tiny_model_dir):
 @needs_llamacpp
 def test_llama31_rope_scaling(tmp_path, tiny_model_dir):
     """Llama 3.1's "llama3" rope scaling is exported as rope_freqs.weight; llama.cpp then matches transformers."""
-    from persona_pipeline.stages.gguf import convert
+    from persona_pipeline.export.gguf_convert import convert
     from persona_pipeline.export.llamacpp import LlamaCppModel
 
     rope = {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low_freq_factor": 1.0,
@@ -234,7 +234,7 @@ def test_trap_pre_tokenizer_and_tokenization(tmp_path, gguf_run, tiny_model_dir)
     """tokenizer.ggml.pre is written (no 'degraded' warning) and llama.cpp tokenizes exactly like transformers."""
     from transformers import AutoTokenizer
 
-    from persona_pipeline.stages.gguf import convert
+    from persona_pipeline.export.gguf_convert import convert
     from persona_pipeline.export.gguf_vocab import read_vocab
     from persona_pipeline.export.llamacpp import LlamaCppModel
 
@@ -269,7 +269,7 @@ def test_trap_merges(tmp_path, tiny_model_dir):
 @needs_llamacpp
 def test_trap_merges_llamacpp_refuses_the_file(tmp_path, tiny_model_dir):
     """Written anyway (bypassing the exporter's check), llama.cpp cannot load a gpt2 vocab without merges."""
-    from persona_pipeline.stages.gguf import convert
+    from persona_pipeline.export.gguf_convert import convert
     from persona_pipeline.export.gguf_vocab import read_vocab
     from persona_pipeline.export.llamacpp import LlamaCppModel
 
@@ -311,8 +311,8 @@ def test_trap_eos_and_prompt_template(gguf_run, tiny_model_dir):
     import jinja2
     from transformers import AutoTokenizer
 
-    from persona_pipeline.stages.ollama_create import persona_systems
     from persona_pipeline.core.prompt_format import format_prompt, system_line
+    from persona_pipeline.data.personas import persona_systems
 
     cfg, run = gguf_run
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
@@ -349,29 +349,28 @@ def test_trap_eos_and_prompt_template(gguf_run, tiny_model_dir):
 
 
 def test_tensor_fallback_without_llamacpp(gguf_run, monkeypatch):
-    from persona_pipeline.stages import gguf_check
     from persona_pipeline.export import llamacpp
+    from persona_pipeline.stages import gguf_check
 
     cfg, run = gguf_run
     monkeypatch.setattr(llamacpp, "runtime_library", lambda: None)
-    r = gguf_check.check_gguf(cfg, run, "F16")
+    r = gguf_check.check_gguf(cfg, RunDir(run), "F16")
     assert r["mode"] == "tensors" and r["status"] == "pass"
     assert "no llama.cpp runtime" in r["llama_cpp_unavailable"]
     assert r["tensors"] == len(_reader(run / "gguf" / "tiny-F16.gguf").tensors)
     assert r["max_rel_rms_error"] < 1e-3
-    q8 = gguf_check.check_gguf(cfg, run, "Q8_0")
+    q8 = gguf_check.check_gguf(cfg, RunDir(run), "Q8_0")
     assert q8["status"] == "measured" and 1e-4 < q8["max_rel_rms_error"] < 0.05
 
 
 def test_unsupported_quant_and_kquant_without_quantizer(monkeypatch):
-    from persona_pipeline.stages import gguf as gguf_export
-    from persona_pipeline.export import llamacpp
+    from persona_pipeline.export import gguf_convert as gguf_export
 
     with pytest.raises(PipelineError) as exc:
         gguf_export.normalize_quant("Q3_X")
     assert all(q in str(exc.value) for q in gguf_export.NUMPY_QUANTS) and "Q5_K_M" in str(exc.value)
     assert gguf_export.normalize_quant("q8_0") == "Q8_0"
-    monkeypatch.setattr(llamacpp, "find_quantizer", lambda: None)
+    monkeypatch.setattr(gguf_export, "find_quantizer", lambda: None)
     with pytest.raises(PipelineError) as exc:
         gguf_export.normalize_quant("Q5_K_M")
     msg = str(exc.value)
@@ -401,8 +400,8 @@ def test_kquant_export_goes_through_llamacpp_quantizer(gguf_run, tmp_path, monke
     """
     import sys
 
-    from persona_pipeline.stages import gguf as gguf_export
     from persona_pipeline.export import llamacpp
+    from persona_pipeline.stages.gguf import export_gguf
 
     if llamacpp.importlib.util.find_spec("llama_cpp") is not None:
         pytest.skip("llama-cpp-python is installed; it takes precedence over LLAMA_CPP_DIR")
@@ -416,7 +415,7 @@ def test_kquant_export_goes_through_llamacpp_quantizer(gguf_run, tmp_path, monke
                    "shutil.copy(sys.argv[1], sys.argv[2])\n")
     exe.chmod(0o755)
     monkeypatch.setenv("LLAMA_CPP_DIR", str(tmp_path))
-    out = gguf_export.export_gguf(cfg, run, "q5_k_m")
+    out = export_gguf(cfg, RunDir(run), "q5_k_m")
     assert out.name == "tiny-Q5_K_M.gguf" and out.is_file()
     src, dst, quant, threads = json.loads((tmp_path / "args.json").read_text())
     assert Path(src).name.endswith(".F32.intermediate.gguf") and quant == "Q5_K_M" and int(threads) >= 1
@@ -444,7 +443,7 @@ def test_run_without_merged_model(tmp_path, tiny_model_dir):
     run = tmp_path / "outputs" / "runs" / "r-no-merge"
     run.mkdir(parents=True)
     with pytest.raises(PipelineError) as exc:
-        export_gguf(cfg, run, "F16")
+        export_gguf(cfg, RunDir(run), "F16")
     assert "make merge" in str(exc.value)
     assert not (run / "gguf").exists()
 
@@ -461,14 +460,14 @@ def test_corrupted_or_truncated_gguf_rejected(gguf_run, tmp_path, capsys):
         bad = tmp_path / name
         bad.write_bytes(data)
         rc = main(["gguf-check", "--config", str(CONFIGS / "train_tiny.yaml"), "--run", str(run), "--input", str(bad),
-                   f"paths.outputs={cfg.outputs_dir}", "gguf.auto_install=false"])
+                   f"paths.outputs={cfg.outputs_dir}"])
         err = capsys.readouterr().err
         assert rc == 1 and "corrupted or truncated" in err, (name, err)
     assert sorted(p.name for p in (run / "gguf").iterdir()) == before  # nothing written
 
 
 def test_failed_export_leaves_no_file(tmp_path, tiny_model_dir, monkeypatch):
-    from persona_pipeline.stages import gguf as gguf_export
+    from persona_pipeline.export import gguf_convert as gguf_export
 
     calls = {"n": 0}
     real = gguf_export._encode

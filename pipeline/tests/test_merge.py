@@ -9,6 +9,7 @@ import pytest
 
 from persona_pipeline.cli import main
 from persona_pipeline.core.errors import PipelineError
+from persona_pipeline.core.runs import RunDir
 
 
 def save_random_adapter(model_dir: Path, run_dir: Path, r: int = 8) -> Path:
@@ -19,7 +20,8 @@ def save_random_adapter(model_dir: Path, run_dir: Path, r: int = 8) -> Path:
 
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(model_dir)
-    lcfg = LoraConfig(r=r, lora_alpha=2 * r, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False, task_type="CAUSAL_LM")
+    lcfg = LoraConfig(r=r, lora_alpha=2 * r, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False,
+                      task_type="CAUSAL_LM")
     peft_model = get_peft_model(model, lcfg)
     out = run_dir / "adapter"
     peft_model.save_pretrained(out)
@@ -38,7 +40,7 @@ def test_merge_checks_logits_and_saves_a_loadable_model(make_cfg, tmp_path):
     run_dir = cfg.runs_dir / "r1"
     save_random_adapter(cfg.resolve(cfg.model.name_or_path), run_dir)
 
-    out = merge(cfg, run_dir)
+    out = merge(cfg, RunDir(run_dir)).merged
     info = json.loads((out / "merge_info.json").read_text())
     assert info["max_abs_logit_diff"] <= info["tolerance"] == 1e-3
     assert info["adapter_effect_max_abs"] > 100 * info["max_abs_logit_diff"]
@@ -50,13 +52,14 @@ def test_merge_checks_logits_and_saves_a_loadable_model(make_cfg, tmp_path):
     tok = AutoTokenizer.from_pretrained(out)
     enc = tok(["You are Tilda, an actress.\n\nHuman: What is a school for?\n\nTilda:"], return_tensors="pt")
     merged = AutoModelForCausalLM.from_pretrained(out).eval()
-    adapted = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(cfg.resolve(cfg.model.name_or_path)), run_dir / "adapter").eval()
+    base = AutoModelForCausalLM.from_pretrained(cfg.resolve(cfg.model.name_or_path))
+    adapted = PeftModel.from_pretrained(base, run_dir / "adapter").eval()
     with torch.no_grad():
         assert torch.allclose(merged(**enc).logits, adapted(**enc).logits, atol=1e-4)
 
     # A second merge reuses the folder unless forced.
     stamp = (out / "model.safetensors").stat().st_mtime_ns
-    assert merge(cfg, run_dir) == out
+    assert merge(cfg, RunDir(run_dir)).merged == out
     assert (out / "model.safetensors").stat().st_mtime_ns == stamp
 
 
@@ -67,7 +70,7 @@ def test_merge_errors_leave_nothing_behind(make_cfg, capsys):
     empty_run = cfg.runs_dir / "unfinished"
     empty_run.mkdir(parents=True)
     with pytest.raises(PipelineError, match="no LoRA adapter"):
-        merge(cfg, empty_run)
+        merge(cfg, RunDir(empty_run))
     assert not (empty_run / "merged").exists()
 
     cfg_file = str(cfg.source_file)

@@ -10,8 +10,6 @@ import stat
 import subprocess
 from pathlib import Path
 
-import pytest
-
 from conftest import CONFIGS, PIPELINE, persona_records
 from persona_pipeline.cli import main
 from persona_pipeline.core.config import dump_config, load_config
@@ -112,11 +110,12 @@ def test_saved_config_redacts_secret_names_only():
 
 
 def test_resume_drift_check_sees_token_settings(make_cfg, tmp_path):
+    from persona_pipeline.core.runs import RunDir
     from persona_pipeline.stages.train import _config_drift
 
-    run = tmp_path / "run"
-    run.mkdir()
-    (run / "config.yaml").write_text(dump_config(make_cfg()))
+    run = RunDir(tmp_path / "run")
+    run.path.mkdir()
+    run.config.write_text(dump_config(make_cfg()))
     assert _config_drift(run, make_cfg()) == []
     assert _config_drift(run, make_cfg("train_tiny.yaml", "eval.max_new_tokens=7")) == ["eval.max_new_tokens"]
 

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from persona_pipeline.core.config import load_config
+from persona_pipeline.core.config import dump_config, load_config
 from persona_pipeline.core.errors import ConfigError, PipelineError
+from persona_pipeline.core.runs import RunDir
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -47,6 +48,7 @@ def run_dir(tmp_path, tiny_model_dir):
     (ckpt / "optimizer.pt").write_bytes(b"state")
     (ckpt / "adapter_model.safetensors").write_bytes(b"\0" * 64)
     (run / "secrets.key").write_text("c2VjcmV0")
+    (run / "config.yaml").write_text(dump_config(load_config(CONFIGS / "train_tiny.yaml")))  # as `make train` writes it
     (run / "eval").mkdir()
     (run / "eval" / "metrics.json").write_text(json.dumps(_metrics(0.4321, 0.9167, "tuned")))
     (run / "eval" / "predictions.jsonl.enc").write_bytes(b"encrypted")
@@ -84,6 +86,7 @@ def test_dry_run_stages_model_gguf_and_card_with_real_metrics(tmp_path, tiny_mod
     data.mkdir()
     (data / "stats.json").write_text(json.dumps({"origin_share": {"quote": 0.21, "quote_derived": 0.166, "invented": 0.624}}))
     cfg = _cfg(tmp_path, tiny_model_dir, "publish.repo_id=me/personas", f"data.train={data / 'train.jsonl.enc'}")
+    (run_dir / "config.yaml").write_text(dump_config(cfg))  # the run was trained on that data
     assert run(cfg, run=run_dir.name, dry_run=True) == 0
     staged = run_dir / "publish" / "tiny"
     names = sorted(str(p.relative_to(staged)) for p in staged.rglob("*") if p.is_file())
@@ -118,7 +121,7 @@ def test_adapter_artifact_and_missing_eval(tmp_path, tiny_model_dir, run_dir):
     shutil.rmtree(run_dir / "eval")
     cfg = _cfg(tmp_path, tiny_model_dir, "publish.artifact=adapter", "publish.include_gguf=false",
                "publish.subfolder=tiny-adapter")
-    staged = stage_publish(cfg, run_dir, dry_run=True, repo_id="me/personas")
+    staged = stage_publish(cfg, RunDir(run_dir), dry_run=True, repo_id="me/personas")
     assert staged.name == "tiny-adapter"
     assert sorted(p.name for p in staged.iterdir()) == ["README.md", "adapter_config.json",
                                                         "adapter_model.safetensors", "tokenizer.json"]

@@ -10,7 +10,7 @@ import pytest
 from persona_pipeline.core.crypto import HEADER_SIZE, decrypt_bytes, encode_key, load_key
 from persona_pipeline.core.errors import CryptoError, DataError
 from persona_pipeline.core.records import write_records
-from persona_pipeline.stages.tokenize import IGNORE_INDEX, load_tokenized, tokenize, tokenize_records
+from persona_pipeline.training.tokenized import IGNORE_INDEX, load_tokenized, tokenize, tokenize_records
 
 
 @pytest.fixture
@@ -100,10 +100,11 @@ def test_wrong_key_is_a_clear_error(make_cfg, write_dataset, monkeypatch):
 def sentencepiece_tokenizer():
     """A SentencePiece BPE tokenizer laid out like Llama 2 / Mistral's tokenizer.json (the normalizer
     prepends "▁" and turns spaces into "▁"; no pre-tokenizer), trained here on persona text: no download."""
-    from conftest import persona_records
     from tokenizers import SentencePieceBPETokenizer, normalizers
     from tokenizers.processors import TemplateProcessing
     from transformers import PreTrainedTokenizerFast
+
+    from conftest import persona_records
 
     texts = [r["prompt"] + r["completion"] for r in persona_records(300, 5)]
     sp = SentencePieceBPETokenizer()

@@ -18,10 +18,9 @@ def test_pick_batches_spreads_over_the_epoch():
 
 @pytest.mark.slow
 def test_bench_train_writes_comparable_figures(make_cfg, write_dataset):
-    cfg = make_cfg("train_tiny.yaml", "train.bench_steps=2", "train.bench_repeats=1", "train.batch_size=4",
-                   "data.max_length=256", "train.num_threads=1")
+    cfg = make_cfg("train_tiny.yaml", "train.batch_size=4", "data.max_length=256", "train.num_threads=1")
     write_dataset(cfg, n_train=24, n_eval=4)
-    res = bench(cfg, memory=True)
+    res = bench(cfg, steps=2, repeats=1, memory=True)
     assert json.loads(bench_path(cfg).read_text()) == res
     s, v = res["summary"], res["variants"]
     assert set(v) == set(VARIANTS) and "reference" in res and res["command"].startswith("make bench-train")

@@ -12,7 +12,7 @@ from persona_pipeline.training.collate import (
     PadToMaxCollator,
     real_tokens,
 )
-from persona_pipeline.stages.tokenize import IGNORE_INDEX
+from persona_pipeline.training.tokenized import IGNORE_INDEX
 
 
 def _sample(n, n_prompt, start=5):

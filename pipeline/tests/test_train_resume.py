@@ -18,6 +18,7 @@ import time
 import pytest
 
 from persona_pipeline.core.config import dump_config
+from persona_pipeline.core.runs import RunDir
 from persona_pipeline.stages.train import complete_checkpoints, train
 
 pytestmark = pytest.mark.slow
@@ -42,7 +43,7 @@ def _spawn(config, *extra):
 def _wait_for_checkpoint(run_dir, proc, timeout=240):
     deadline = time.time() + timeout
     while time.time() < deadline:
-        if complete_checkpoints(run_dir):
+        if complete_checkpoints(RunDir(run_dir)):
             return
         if proc.poll() is not None:
             pytest.fail("training ended before its first checkpoint:\n" + proc.stdout.read()[-3000:])
@@ -52,9 +53,9 @@ def _wait_for_checkpoint(run_dir, proc, timeout=240):
 
 def _tokens_per_step(run) -> list[int]:
     """Tokens each optimizer step consumed, from the last checkpoint's log history (logging_steps=1)."""
-    state = json.loads((complete_checkpoints(run)[-1] / "trainer_state.json").read_text())
+    state = json.loads((complete_checkpoints(RunDir(run))[-1] / "trainer_state.json").read_text())
     seen = [0] + [e["num_input_tokens_seen"] for e in state["log_history"] if "loss" in e]
-    return [b - a for a, b in zip(seen, seen[1:])]
+    return [b - a for a, b in zip(seen, seen[1:], strict=False)]  # consecutive pairs: one fewer
 
 
 def _adapter(run):
@@ -70,7 +71,7 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(make_cfg, write_datase
     write_dataset(cfg, n_train=40, n_eval=8)  # 10 steps per epoch, 20 in all
     threads = torch.get_num_threads()
     try:
-        reference = train(cfg)
+        reference = train(cfg).path
     finally:
         torch.set_num_threads(threads)
     ref_summary = json.loads((reference / "train_summary.json").read_text())
@@ -85,7 +86,7 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(make_cfg, write_datase
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL
-    killed_at = complete_checkpoints(run_dir)[-1].name
+    killed_at = complete_checkpoints(RunDir(run_dir))[-1].name
     assert not (run_dir / "adapter").exists(), "the run finished before it was killed"
 
     proc = _spawn(config, "--resume", "latest")
@@ -119,6 +120,6 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(make_cfg, write_dataset, tmp_pa
     assert "training interrupted at step" in out and "RESUME=resumed" in out
     step = int(re.search(r"interrupted at step (\d+)", out).group(1))
     # The checkpoint is written at the step where the signal was seen, whatever save_steps says.
-    assert complete_checkpoints(run_dir)[-1].name == f"checkpoint-{step}"
+    assert complete_checkpoints(RunDir(run_dir))[-1].name == f"checkpoint-{step}"
     assert not (run_dir / "adapter").exists()
     assert (cfg.runs_dir / "latest").resolve() == run_dir.resolve()

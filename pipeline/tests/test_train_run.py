@@ -9,7 +9,7 @@ import pytest
 from persona_pipeline.core.crypto import encode_key
 from persona_pipeline.core.errors import CryptoError, DataError, PipelineError
 from persona_pipeline.core.records import write_records
-from persona_pipeline.core.runs import mark_latest, new_run_dir
+from persona_pipeline.core.runs import RunDir, mark_latest, new_run_dir
 from persona_pipeline.stages.train import last_checkpoint, train
 
 
@@ -25,13 +25,13 @@ def test_train_tiny_run_folder_and_loss(make_cfg, write_dataset, data_key):
     cfg = make_cfg("train_tiny.yaml", "train.epochs=3", "train.logging_steps=2", "train.learning_rate=3e-3",
                    "train.num_threads=1")
     write_dataset(cfg, n_train=48, n_eval=12)
-    run = train(cfg)
+    run = train(cfg).path
 
     assert (cfg.runs_dir / "latest").resolve() == run
     for name in ("config.yaml", "train.log", "train_summary.json", "base_eval.json", "adapter/adapter_config.json",
                  "adapter/adapter_model.safetensors", "adapter/tokenizer.json"):
         assert (run / name).is_file(), name
-    assert last_checkpoint(run).name == "checkpoint-18"  # 48 samples / batch 8 = 6 steps per epoch, 3 epochs
+    assert last_checkpoint(RunDir(run)).name == "checkpoint-18"  # 48 samples / batch 8 = 6 steps per epoch, 3 epochs
     assert data_key not in (run / "config.yaml").read_text()  # the resolved config holds no secret
 
     s = json.loads((run / "train_summary.json").read_text())

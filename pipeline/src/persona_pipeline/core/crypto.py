@@ -14,13 +14,14 @@ import base64
 import binascii
 import os
 import secrets
+import sys
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from persona_pipeline.core.config import Config
 from persona_pipeline.core.errors import CryptoError
-from persona_pipeline.core.fsutil import atomic_write_bytes
 
 MAGIC = b"PPENC"
 VERSION = 1
@@ -147,14 +148,23 @@ def decrypt_bytes(blob: bytes, key: bytes, source: str = "<bytes>") -> bytes:
         ) from None
 
 
-def encrypt_file(path: Path, key: bytes, dest: Path | None = None) -> Path:
-    dest = dest or path.with_name(path.name + ENC_SUFFIX)
-    atomic_write_bytes(dest, encrypt_bytes(path.read_bytes(), key))
-    return dest
-
-
 def decrypt_file(path: Path, key: bytes) -> bytes:
     """Decrypt a file into memory (plaintext never touches disk)."""
     if not path.is_file():
         raise CryptoError(f"encrypted file not found: {path}", hint="run `make data` first")
     return decrypt_bytes(path.read_bytes(), key, str(path))
+
+
+def data_key(cfg: Config) -> bytes:
+    """The data key from $PERSONA_DATA_KEY or the configured key file (never created here)."""
+    return load_key(cfg.resolve(cfg.data.key_file))
+
+
+def ensure_key(cfg: Config) -> bytes:
+    """The data key; creates the key file (mode 0600) first when neither it nor $PERSONA_DATA_KEY exists."""
+    path = cfg.resolve(cfg.data.key_file)
+    if not os.environ.get(KEY_ENV) and not path.exists():
+        write_key_file(path)
+        print(f"notice: created a new data key at {path} (mode 0600, git-ignored); keep it: "
+              "the encrypted datasets cannot be read without it", file=sys.stderr)
+    return load_key(path)

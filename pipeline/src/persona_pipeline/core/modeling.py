@@ -1,4 +1,4 @@
-"""Loading base models and tokenizers: local folders or Hub ids, dtype from the hardware, QLoRA.
+"""Loading models and tokenizers: local folders or Hub ids, dtype from the hardware, QLoRA, LoRA adapters.
 
 Everything that loads a model goes through here so that the offline / missing
 model / no-CUDA errors are the same for train, merge, eval and export.
@@ -6,15 +6,21 @@ model / no-CUDA errors are the same for train, merge, eval and export.
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import logging
+import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+
+import torch
+from accelerate import PartialState
+from huggingface_hub import try_to_load_from_cache
+from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
+from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
 from persona_pipeline.core.config import Config
 from persona_pipeline.core.errors import PipelineError
-
-if TYPE_CHECKING:  # pragma: no cover
-    import torch
+from persona_pipeline.core.runs import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -40,13 +46,9 @@ def ensure_available(cfg: Config, name_or_path: str | None = None) -> str:
                 hint="build it with `make base-model`" if tiny else "check model.name_or_path in the config",
             )
         return loc
-    from huggingface_hub import try_to_load_from_cache
-
     cached = try_to_load_from_cache(loc, "config.json", revision=cfg.model.revision)
     if isinstance(cached, str):
         return loc
-    import os
-
     if os.environ.get("HF_HUB_OFFLINE") == "1":
         raise PipelineError(
             f"model '{loc}' is not cached locally and HF_HUB_OFFLINE=1",
@@ -56,10 +58,8 @@ def ensure_available(cfg: Config, name_or_path: str | None = None) -> str:
     return loc
 
 
-def resolve_dtype(cfg: Config) -> "torch.dtype":
+def resolve_dtype(cfg: Config) -> torch.dtype:
     """bf16 on GPUs that support it, fp16 on other GPUs, fp32 on CPU; or what the config says."""
-    import torch
-
     if cfg.model.dtype != "auto":
         return getattr(torch, cfg.model.dtype)
     if torch.cuda.is_available():
@@ -67,9 +67,7 @@ def resolve_dtype(cfg: Config) -> "torch.dtype":
     return torch.float32
 
 
-def device() -> "torch.device":
-    import torch
-
+def device() -> torch.device:
     if torch.cuda.is_available():
         return torch.device("cuda")
     if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
@@ -88,8 +86,6 @@ def _hub_error(loc: str, exc: Exception) -> PipelineError:
 
 def load_tokenizer(cfg: Config, name_or_path: str | None = None):
     """The tokenizer, with a pad token (eos if the model has none)."""
-    from transformers import AutoTokenizer
-
     loc = ensure_available(cfg, name_or_path)
     try:
         tok = AutoTokenizer.from_pretrained(
@@ -107,10 +103,6 @@ def quantization_config(cfg: Config):
     q = cfg.quantization
     if not q.load_in_4bit:
         return None
-    import importlib.util
-
-    import torch
-
     if not torch.cuda.is_available():
         raise PipelineError(
             "quantization.load_in_4bit (QLoRA) needs a CUDA GPU; none is available on this machine",
@@ -121,8 +113,6 @@ def quantization_config(cfg: Config):
             "QLoRA needs bitsandbytes, which is not installed",
             hint="pip install -e '.[gpu]' (inside pipeline/.venv)",
         )
-    from transformers import BitsAndBytesConfig
-
     return BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type=q.quant_type,
@@ -136,8 +126,6 @@ def load_causal_lm(cfg: Config, name_or_path: str | None = None, *, quantize: bo
 
     With ``quantize`` and ``quantization.load_in_4bit`` the model is loaded in 4-bit NF4 on the GPU.
     """
-    from transformers import AutoModelForCausalLM
-
     loc = ensure_available(cfg, name_or_path)
     qconf = quantization_config(cfg) if quantize else None
     kwargs = dict(
@@ -149,8 +137,6 @@ def load_causal_lm(cfg: Config, name_or_path: str | None = None, *, quantize: bo
         kwargs["attn_implementation"] = cfg.model.attn_implementation
     if qconf is not None:
         kwargs["quantization_config"] = qconf
-        from accelerate import PartialState
-
         # One GPU per process under torchrun / accelerate.
         kwargs["device_map"] = {"": PartialState().local_process_index}
     try:
@@ -159,3 +145,47 @@ def load_causal_lm(cfg: Config, name_or_path: str | None = None, *, quantize: bo
         raise _hub_error(loc, exc) from None
     log.info("loaded %s (%s, %.1fM parameters)", loc, kwargs["dtype"], model.num_parameters() / 1e6)
     return model
+
+
+def build_peft_model(cfg: Config):
+    """Base model (4-bit for QLoRA) wrapped with the LoRA adapter described by ``cfg.lora``, for training."""
+    model = load_causal_lm(cfg)
+    if cfg.quantization.load_in_4bit:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.train.gradient_checkpointing)
+    lc = cfg.lora
+    peft_config = LoraConfig(
+        r=lc.r,
+        lora_alpha=lc.lora_alpha,
+        lora_dropout=lc.lora_dropout,
+        target_modules=list(lc.target_modules),
+        bias=lc.bias,
+        task_type="CAUSAL_LM",
+    )
+    model = get_peft_model(model, peft_config)
+    model.config.use_cache = False  # the KV cache is useless in training and clashes with checkpointing
+    return model
+
+
+def adapter_tokenizer(cfg: Config, adapter: Path):
+    """The tokenizer saved with the adapter (what training used), else the base model's."""
+    if not (adapter / "tokenizer_config.json").is_file():
+        return load_tokenizer(cfg)
+    tok = AutoTokenizer.from_pretrained(str(adapter), trust_remote_code=cfg.model.trust_remote_code)
+    if tok.pad_token is None:  # as load_tokenizer does for the base model
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_adapter_model(cfg: Config, run: RunDir, *, quantize: bool = True):
+    """(PeftModel on the base model, tokenizer) for the run's adapter, on :func:`device`, in eval mode."""
+    adapter = run.require_adapter()
+    base = ensure_available(cfg)
+    recorded = json.loads((adapter / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    if recorded and model_location(cfg, recorded) != base:
+        log.warning("the adapter was trained on %s; merging into %s (model.name_or_path)", recorded, base)
+    model = load_causal_lm(cfg, quantize=quantize)
+    if not getattr(model, "is_quantized", False) and getattr(model, "hf_device_map", None) is None:
+        model.to(device())
+    model = PeftModel.from_pretrained(model, str(adapter), is_trainable=False)
+    model.eval()
+    return model, adapter_tokenizer(cfg, adapter)

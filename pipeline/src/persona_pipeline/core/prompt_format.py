@@ -8,16 +8,23 @@ One record::
 Multi-turn prompts hold earlier turns before the last question::
 
     "You are Tilda, <system>\\n\\nHuman: q1\\n\\nTilda: a1\\n\\nHuman: q2\\n\\nTilda:"
+
+An answer ends where the model starts the next human turn (:data:`STOP`). The same
+format is also written here as a Jinja chat template (the tiny model's tokenizer)
+and as an Ollama Go template, so that every place that renders it reads it from here.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 HUMAN = "Human"
 SEP = "\n\n"
+STOP = f"{SEP}{HUMAN}:"  # the next human turn: where an answer ends
+# The persona line used when a persona has no file (Modelfiles, built-in check prompts).
+GENERIC_SYSTEM = "a person interviewed in a documentary; answer in your own voice"
 _HEADER_RE = re.compile(r"^You are (?P<name>[^,\n]+), (?P<system>[^\n]+)$")
 
 
@@ -101,3 +108,45 @@ def turn_starts(prompt: str) -> list[int]:
             starts.append(pos + len(SEP))
         pos = prompt.find(SEP, pos + len(SEP))
     return starts
+
+
+def escape_newlines(text: str) -> str:
+    """``text`` with newlines written as ``\\n`` (to show :data:`STOP` in markdown)."""
+    return text.replace("\n", "\\n")
+
+
+def persona_in_prompt(prompt: str) -> str | None:
+    """The persona a prompt asks: the name in its last ``\\n\\n<Name>:`` line (None if it has none)."""
+    tail = prompt.rsplit(SEP, 1)[-1].strip()
+    return tail[:-1] if tail.endswith(":") and tail != f"{HUMAN}:" else None
+
+
+# The format as a chat template. The persona's name comes from a `persona` template variable
+# or, failing that, from a system line "You are <Name>, ...".
+CHAT_TEMPLATE = (
+    "{%- set ns = namespace(name=persona if persona is defined else 'Assistant') -%}"
+    "{%- for m in messages -%}"
+    "{%- if m['role'] == 'system' -%}"
+    "{%- if persona is not defined and m['content'].startswith('You are ') -%}"
+    "{%- set ns.name = m['content'][8:].split(',')[0] -%}"
+    "{%- endif -%}"
+    "{{ m['content'] }}"
+    "{%- elif m['role'] == 'user' -%}{{ '\\n\\nHuman: ' + m['content'] }}"
+    "{%- else -%}{{ '\\n\\n' + ns.name + ': ' + m['content'] }}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '\\n\\n' + ns.name + ':' }}{%- endif -%}"
+)
+
+
+def ollama_template(persona: str) -> str:
+    """A Go template over .Messages that renders the format for ``persona`` (Ollama Modelfiles)."""
+    return (
+        "{{- range .Messages }}"
+        '{{- if eq .Role "system" }}{{ .Content }}'
+        f'{{{{- else if eq .Role "user" }}}}{SEP}{HUMAN}: {{{{ .Content }}}}'
+        f'{{{{- else if eq .Role "assistant" }}}}{SEP}{persona}: {{{{ .Content }}}}'
+        "{{- end }}"
+        "{{- end }}"
+        f"{SEP}{persona}:"
+    )

@@ -8,16 +8,20 @@ contrastive) and ``meta.group`` (the near-duplicate group used by the split).
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
-from persona_pipeline.core.crypto import ENC_SUFFIX, decrypt_file, encrypt_bytes
+from persona_pipeline.core.config import Config
+from persona_pipeline.core.crypto import ENC_SUFFIX, data_key, decrypt_file, encrypt_bytes
 from persona_pipeline.core.errors import DataError
 from persona_pipeline.core.fsutil import atomic_write_bytes
+from persona_pipeline.core.prompt_format import persona_in_prompt
 
 Record = dict[str, Any]
 REQUIRED = ("prompt", "completion")
+KINDS = ("extracted", "transformed", "hypothetical", "contrastive")  # meta.kind of generated records
 
 
 def parse_jsonl(data: bytes, source: str) -> list[Record]:
@@ -94,3 +98,26 @@ def write_records(path: Path, records: list[Record], key: bytes | None) -> Path:
             raise DataError(f"{path}: refusing to write encrypted data without a key")
         data = encrypt_bytes(data, key)
     return atomic_write_bytes(path, data)
+
+
+def read_dataset(cfg: Config, path: Path) -> tuple[list[Record], str]:
+    """Records of a configured (possibly encrypted) dataset and the sha256 of its plaintext bytes."""
+    path = Path(path)
+    if is_encrypted(path):
+        data = decrypt_file(path, data_key(cfg))
+    elif path.is_file():
+        data = path.read_bytes()
+    else:
+        raise DataError(f"dataset not found: {path}", hint="run `make data` first, or fix data.eval / data.train")
+    return parse_jsonl(data, str(path)), hashlib.sha256(data).hexdigest()
+
+
+def read_eval_set(cfg: Config) -> tuple[list[Record], str]:
+    """The held-out eval set (``data.eval``) and its sha256."""
+    return read_dataset(cfg, cfg.resolve(cfg.data.eval))
+
+
+def persona_of(record: Record) -> str | None:
+    """``meta.persona``, else the persona the prompt asks (its last ``\\n\\n<Name>:`` line)."""
+    name = record.get("meta", {}).get("persona")
+    return str(name) if name else persona_in_prompt(record["prompt"])

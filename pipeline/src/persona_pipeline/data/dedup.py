@@ -18,8 +18,8 @@ import math
 import random
 import re
 from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 _CONTRACTIONS = [
     (r"\bcan't\b", "cannot"),

@@ -9,20 +9,21 @@ Adding a persona is adding a file; see ``data/personas/tilda.yaml`` for the form
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 
-from persona_pipeline.core.config import _suggest
-from persona_pipeline.core.errors import DataError
+from persona_pipeline.core.config import Config
+from persona_pipeline.core.errors import DataError, PipelineError
+from persona_pipeline.core.prompt_format import GENERIC_SYSTEM
+from persona_pipeline.core.schema import did_you_mean
 
-if TYPE_CHECKING:  # pragma: no cover
-    from persona_pipeline.core.config import Config
+log = logging.getLogger(__name__)
 
-CORPUS_DIR = "data/corpus"
 
 
 @dataclass(frozen=True)
@@ -118,7 +119,7 @@ def _check_keys(path: Path, where: str, obj: Any, schema: dict[str, tuple[bool, 
     for key in obj:
         if key not in schema:
             sub = f"{where}.{key}" if where else str(key)
-            raise _fail(path, "", f"unknown key '{sub}'", hint=_suggest(str(key), list(schema)))
+            raise _fail(path, "", f"unknown key '{sub}'", hint=did_you_mean(str(key), list(schema)))
     for key, (required, _) in schema.items():
         if required and key not in obj:
             sub = f"{where}.{key}" if where else key
@@ -183,7 +184,8 @@ def parse_persona(data: Any, path: Path) -> Persona:
         _check_keys(path, where, raw, _FACT)
         topic = _text(path, f"{where}.topic", raw["topic"])
         if topic not in topics:
-            raise _fail(path, f"{where}.topic", f"unknown topic {topic!r}", hint=_suggest(topic, list(topics)).replace("keys", "topics"))
+            hint = did_you_mean(topic, list(topics)).replace("keys", "topics")
+            raise _fail(path, f"{where}.topic", f"unknown topic {topic!r}", hint=hint)
         facts.append(Fact(topic, _text(path, f"{where}.text", raw["text"]), _texts(path, f"{where}.ask", raw["ask"]),
                           _fact_source(path, where, raw)))
     empty = [t for t in topics if not any(f.topic == t for f in facts)]
@@ -197,7 +199,8 @@ def parse_persona(data: Any, path: Path) -> Persona:
         where = f"does_not_know[{i}]"
         _check_keys(path, where, raw, _DOMAIN)
         expert = raw.get("expert")
-        domains.append(Domain(_text(path, f"{where}.domain", raw["domain"]), None if expert is None else _text(path, f"{where}.expert", expert)))
+        expert = None if expert is None else _text(path, f"{where}.expert", expert)
+        domains.append(Domain(_text(path, f"{where}.domain", raw["domain"]), expert))
 
     return Persona(
         name=name,
@@ -249,38 +252,23 @@ def load_personas(cfg: Config) -> dict[str, Persona]:
             if d.expert is not None and d.expert not in personas:
                 raise DataError(
                     f"{p.path}: does_not_know[{i}].expert: unknown persona {d.expert!r}",
-                    hint=_suggest(d.expert, list(personas)).replace("keys", "personas"),
+                    hint=did_you_mean(d.expert, list(personas)).replace("keys", "personas"),
                 )
             if d.expert == p.name:
                 raise DataError(f"{p.path}: does_not_know[{i}].expert names the persona itself")
     return personas
 
 
-def persona_text(p: Persona) -> list[str]:
-    """Every string the persona file holds (for tokenizer training and warm-up)."""
-    out = [f"You are {p.name}, {p.system}", *p.topics, p.style.notes]
-    out += list(p.style.openers) + list(p.style.closings) + list(p.style.deflections)
-    for f in p.facts:
-        out.append(f.text)
-        out.extend(f.ask)
-    out += [d.domain for d in p.does_not_know]
-    return out
+def persona_systems(cfg: Config) -> dict[str, str]:
+    """{persona name: description used in 'You are <name>, <description>'} in ``eval.personas`` order.
 
-
-def project_text(cfg: Config) -> list[str]:
-    """All text the project wrote itself: persona files, our own transcripts' speech, data/corpus/*.txt.
-
-    Transcripts outside the pipeline folder (the shared real transcripts) are
-    excluded: they are not ours to train a tokenizer or warm-up on.
+    Without readable persona files every name gets :data:`~persona_pipeline.core.prompt_format.GENERIC_SYSTEM`
+    (exports and built-in check prompts must not need the private data).
     """
-    from persona_pipeline.data.transcripts import own_transcript_text
-
-    texts: list[str] = []
-    for p in load_personas(cfg).values():
-        texts.extend(persona_text(p))
-    texts.extend(own_transcript_text(cfg))
-    corpus = cfg.resolve(CORPUS_DIR)
-    for path in sorted(corpus.glob("*.txt")) if corpus.is_dir() else []:
-        paragraphs = re.split(r"\n\s*\n", path.read_text(encoding="utf-8"))
-        texts.extend(" ".join(par.split()) for par in paragraphs if par.strip())
-    return texts
+    try:
+        loaded = {name: p.system for name, p in load_personas(cfg).items()}
+    except PipelineError as exc:
+        log.info("persona files unavailable (%s); using a generic system line", str(exc).splitlines()[0])
+        loaded = {}
+    names = list(cfg.eval.personas) or list(loaded) or ["Assistant"]
+    return {name: loaded.get(name, GENERIC_SYSTEM) for name in names}

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 # (expanded, contracted): expanding is always safe; contracting needs a following word
 # ("I know what it is." must not become "what it's.").

@@ -26,8 +26,9 @@ from __future__ import annotations
 import dataclasses
 import math
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence, TypeVar
+from typing import TypeVar
 
 from persona_pipeline.data.dedup import Sample, near_duplicate_groups, word_runs
 from persona_pipeline.data.personas import Persona
@@ -107,9 +108,9 @@ class Settled:
 def settle(samples: Sequence[Sample], is_eval: Sequence[bool], threshold: float) -> Settled:
     """Group linked samples (seed group, near-duplicate, shared answer run) and keep each group on one side."""
     groups = near_duplicate_groups(samples, threshold, answer_run_words=RUN_WORDS)
-    in_train = {g for g, e in zip(groups, is_eval) if not e}
-    final = [e and g not in in_train for g, e in zip(groups, is_eval)]
-    return Settled(groups, final, sum(e and not f for e, f in zip(is_eval, final)))
+    in_train = {g for g, e in zip(groups, is_eval, strict=True) if not e}
+    final = [e and g not in in_train for g, e in zip(groups, is_eval, strict=True)]
+    return Settled(groups, final, sum(e and not f for e, f in zip(is_eval, final, strict=True)))
 
 
 def eval_count(n: int, fraction: float) -> int:

@@ -19,8 +19,8 @@ so the model learns where one persona ends and the next begins.
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from persona_pipeline.data.personas import Domain, Fact, Persona
 from persona_pipeline.data.rephrase import attach_opener, openers_for

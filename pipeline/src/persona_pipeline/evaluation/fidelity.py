@@ -28,8 +28,8 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -45,7 +45,9 @@ METHOD_EMBED = (
 )
 
 _FIRST_PERSON = re.compile(r"\b(i|i'm|i’m|i've|i’ve|i'd|me|my|mine|we|we're|our|ours|us)\b", re.I)
-_NEGATION = re.compile(r"\b(not|no|never|nothing|neither|nor|don't|don’t|doesn't|isn't|wasn't|can't|cannot|wouldn't|haven't|n't)\b|n['’]t\b", re.I)
+_NEGATION = re.compile(
+    r"\b(not|no|never|nothing|neither|nor|don't|don’t|doesn't|isn't|wasn't|can't|cannot|wouldn't|haven't|n't)\b|n['’]t\b", re.I
+)
 _SENTENCES = re.compile(r"(?<=[.!?;])\s+|\n+")
 
 
@@ -61,7 +63,7 @@ def _char_ngrams(text: str) -> Counter:
 class TfidfChars:
     """Tf-idf over character n-grams with a vocabulary from the fitting texts (unseen n-grams are ignored)."""
 
-    def fit(self, texts: Sequence[str]) -> "TfidfChars":
+    def fit(self, texts: Sequence[str]) -> TfidfChars:
         counts = [_char_ngrams(t) for t in texts]
         df: Counter = Counter()
         for c in counts:
@@ -93,15 +95,15 @@ class CentroidClassifier:
     def predict(self, texts: Sequence[str]) -> tuple[list[str | None], np.ndarray]:
         """Predicted persona per text (None for an empty text) and the similarity matrix."""
         sims = self.similarities(texts) if texts else np.zeros((0, len(self.names)))
-        preds = [self.names[int(np.argmax(row))] if t.strip() and np.any(row) else None for t, row in zip(texts, sims)]
+        preds = [self.names[int(np.argmax(row))] if t.strip() and np.any(row) else None for t, row in zip(texts, sims, strict=True)]
         return preds, sims
 
 
 def _group(texts: Sequence[str], labels: Sequence[str], names: Sequence[str]) -> dict[str, list[str]]:
     by: dict[str, list[str]] = {n: [] for n in names}
-    for t, l in zip(texts, labels):
-        if l in by and t.strip():
-            by[l].append(t)
+    for t, label in zip(texts, labels, strict=True):
+        if label in by and t.strip():
+            by[label].append(t)
     empty = [n for n, ts in by.items() if not ts]
     if empty:
         raise ValueError(f"no training answers for persona(s) {', '.join(empty)}")
@@ -154,10 +156,10 @@ def accuracy_report(clf: CentroidClassifier, texts: Sequence[str], labels: Seque
     """Accuracy, per-persona recall and the confusion counts of ``clf`` on texts of known persona."""
     preds, _ = clf.predict(texts)
     confusion: dict[str, Counter] = {n: Counter() for n in clf.names}
-    for p, l in zip(preds, labels):
-        confusion.setdefault(l, Counter())[p or "none"] += 1
+    for p, label in zip(preds, labels, strict=True):
+        confusion.setdefault(label, Counter())[p or "none"] += 1
     per = {n: (c[n] / sum(c.values()) if sum(c.values()) else None) for n, c in confusion.items()}
-    correct = sum(1 for p, l in zip(preds, labels) if p == l)
+    correct = sum(1 for p, label in zip(preds, labels, strict=True) if p == label)
     return {
         "method": clf.method,
         "accuracy": correct / len(labels) if labels else None,
@@ -204,7 +206,7 @@ class BlendDetector:
             )
 
     @classmethod
-    def from_personas(cls, personas: Mapping) -> "BlendDetector":
+    def from_personas(cls, personas: Mapping) -> BlendDetector:
         """From :func:`persona_pipeline.data.personas.load_personas` output (``identity``, ``domain_keywords``)."""
         return cls({n: p.identity for n, p in personas.items()}, {n: p.domain_keywords for n, p in personas.items()})
 

@@ -9,16 +9,21 @@ function with ``batch_size=1`` is the reference (one prompt at a time) that
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
 
 from persona_pipeline.core.config import Config
+from persona_pipeline.core.errors import PipelineError
+from persona_pipeline.core.modeling import device, load_adapter_model, load_causal_lm, load_tokenizer, model_location
+from persona_pipeline.core.prompt_format import STOP
+from persona_pipeline.core.runs import RunDir
 
-if TYPE_CHECKING:  # pragma: no cover
-    import torch
-
-# The persona format's next user turn: an answer ends where the model starts writing the human's line.
-STOP_STRINGS = ("\n\nHuman:",)
+# An answer ends where the model starts writing the human's next turn.
+STOP_STRINGS = (STOP,)
 # A batch's padded prompt tokens may be at most this many times its real ones (see plan_batches).
 MAX_PADDING = 1.5
 
@@ -27,9 +32,34 @@ def set_eval_threads(cfg: Config) -> None:
     """CPU threads for the eval-side stages: ``eval.num_threads``, else ``train.num_threads``, else torch's default."""
     threads = cfg.eval.num_threads or cfg.train.num_threads
     if threads:
-        import torch
-
         torch.set_num_threads(threads)
+
+
+def load_eval_model(cfg: Config, run: RunDir | None) -> tuple[Any, Any, dict]:
+    """(model, tokenizer, description) for ``cfg.eval.source``, in eval mode on the available device."""
+    source = cfg.eval.source
+    if source == "base":
+        model = load_causal_lm(cfg)
+        tok = load_tokenizer(cfg)
+        desc = {"source": source, "model": model_location(cfg)}
+    elif run is None:
+        raise PipelineError(f"eval.source={source} needs a run", hint="pass RUN=<run folder>")
+    elif source == "merged":
+        folder = run.require_merged()
+        model = load_causal_lm(cfg, str(folder), quantize=False)
+        tok = load_tokenizer(cfg, str(folder))
+        desc = {"source": source, "model": str(folder)}
+    else:
+        model, tok = load_adapter_model(cfg, run)
+        desc = {"source": source, "model": model_location(cfg), "adapter": str(run.adapter)}
+        if not getattr(model, "is_quantized", False) and not cfg.quantization.load_in_4bit:
+            # Same logits (see `make merge`), no per-layer LoRA overhead during generation.
+            model = model.merge_and_unload()
+            desc["merged_in_memory"] = True
+    if not getattr(model, "is_quantized", False) and getattr(model, "hf_device_map", None) is None:
+        model.to(device())
+    model.eval()
+    return model, tok, desc
 
 
 @dataclass(frozen=True)
@@ -45,7 +75,7 @@ class GenerationSettings:
     min_new_tokens: int = 1
 
     @classmethod
-    def from_config(cls, cfg: Config) -> "GenerationSettings":
+    def from_config(cls, cfg: Config) -> GenerationSettings:
         e = cfg.eval
         return cls(e.max_new_tokens, e.do_sample, e.temperature, e.top_p, e.repetition_penalty, cfg.seed, e.min_new_tokens)
 
@@ -115,7 +145,7 @@ def plan_batches(lengths: Sequence[int], batch_size: int, max_padding: float = M
     return batches
 
 
-def _finish(ids: "torch.Tensor", tokenizer, eos_ids: set[int], max_new_tokens: int) -> Generation:
+def _finish(ids: torch.Tensor, tokenizer, eos_ids: set[int], max_new_tokens: int) -> Generation:
     """Turn one row of generated ids (right-padded after it stopped) into a :class:`Generation`."""
     row = ids.tolist()
     n, stop = len(row), None
@@ -149,9 +179,6 @@ def generate(
     desc: str = "generate",
 ) -> list[Generation]:
     """Answers for ``prompts`` in their order; batches of ``batch_size`` with left padding."""
-    import torch
-    from tqdm.auto import tqdm
-
     if not prompts:
         return []
     gen_cfg = _generation_config(model, tokenizer, settings)
@@ -163,10 +190,10 @@ def generate(
         results: list[Generation | None] = [None] * len(prompts)
         if settings.do_sample:
             torch.manual_seed(settings.seed)
-        device = next(model.parameters()).device
+        model_device = next(model.parameters()).device
         bar = tqdm(total=len(prompts), desc=desc, unit="answer", disable=not progress, leave=False)
         for idx in plan_batches(lengths, batch_size):
-            enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True).to(device)
+            enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True).to(model_device)
             with torch.inference_mode():
                 out = model.generate(**enc, generation_config=gen_cfg, tokenizer=tokenizer)
             new = out[:, enc["input_ids"].shape[1] :].cpu()

@@ -16,7 +16,8 @@ persona files, quote_derived or invented), ``kind`` (``meta.kind``) and ``person
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 

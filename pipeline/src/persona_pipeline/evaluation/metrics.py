@@ -8,14 +8,15 @@ pipeline's report (ROUGE-1 0.345, ROUGE-2 0.149, BLEU 0.135).
 from __future__ import annotations
 
 import statistics
-from typing import Sequence
+from collections.abc import Sequence
+
+import sacrebleu
+from rouge_score import rouge_scorer
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
 
 
 def _scorer():
-    from rouge_score import rouge_scorer
-
     return rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=True)
 
 
@@ -31,8 +32,6 @@ def rouge_per_sample(predictions: Sequence[str], references: Sequence[str]) -> l
 
 def corpus_bleu(predictions: Sequence[str], references: Sequence[str]) -> float:
     """Corpus BLEU (sacrebleu defaults: 13a tokenization, exp smoothing), 0-1."""
-    import sacrebleu
-
     if not predictions:
         return 0.0
     return sacrebleu.corpus_bleu(list(predictions), [list(references)]).score / 100.0
@@ -40,8 +39,6 @@ def corpus_bleu(predictions: Sequence[str], references: Sequence[str]) -> float:
 
 def sentence_bleu(prediction: str, reference: str) -> float:
     """Smoothed sentence BLEU, 0-1 (per-sample score for predictions.jsonl; the corpus figure is the metric)."""
-    import sacrebleu
-
     return sacrebleu.sentence_bleu(prediction, [reference]).score / 100.0
 
 
@@ -64,12 +61,3 @@ def length_stats(answers: Sequence[str], runaway: Sequence[bool]) -> dict[str, f
         "empty_rate": sum(1 for a in answers if not a.strip()) / n,
         "runaway_rate": sum(1 for r in runaway if r) / n,
     }
-
-
-def overlap_metrics(predictions: Sequence[str], references: Sequence[str], per_sample: list[dict] | None = None) -> dict[str, float]:
-    """Mean ROUGE F1s and corpus BLEU over a set of samples."""
-    per_sample = per_sample if per_sample is not None else rouge_per_sample(predictions, references)
-    n = len(per_sample)
-    out = {k: (sum(s[k] for s in per_sample) / n if n else 0.0) for k in ROUGE_TYPES}
-    out["bleu"] = corpus_bleu(predictions, references)
-    return out

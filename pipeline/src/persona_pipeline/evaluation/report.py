@@ -1,8 +1,12 @@
-"""``report.md`` of an eval folder, and the number formatting shared with ``compare``."""
+"""``report.md`` of an eval folder, and the metric rows and number formatting shared with
+``compare`` and the model card."""
 
 from __future__ import annotations
 
 from typing import Any
+
+from persona_pipeline.core.prompt_format import STOP, escape_newlines
+from persona_pipeline.evaluation.fidelity import DOMAIN_HITS
 
 
 def fmt(v: Any, pct: bool = False) -> str:
@@ -14,6 +18,16 @@ def fmt(v: Any, pct: bool = False) -> str:
     return str(v)
 
 
+# (key in metrics, label, higher is better): compare's table and the model card.
+METRIC_ROWS = [
+    ("rouge1", "ROUGE-1", True), ("rouge2", "ROUGE-2", True), ("rougeL", "ROUGE-L", True), ("bleu", "BLEU", True),
+    ("semantic_similarity", "semantic similarity", True), ("persona_match", "persona match", True),
+    ("persona_match_embed", "persona match (embeddings)", True), ("blend_rate", "blend rate", False),
+    ("blend_rate_contrastive", "blend rate (contrastive)", False), ("words_mean", "words (mean)", None),
+    ("empty_rate", "empty answers", False), ("runaway_rate", "runaway answers", False),
+]
+
+# (key in metrics, label, as a percentage): report.md and the eval stage's summary line.
 COLUMNS = [
     ("n", "n", False), ("rouge1", "ROUGE-1", False), ("rouge2", "ROUGE-2", False), ("rougeL", "ROUGE-L", False),
     ("bleu", "BLEU", False), ("semantic_similarity", "sem. sim.", False), ("persona_match", "persona match", True),
@@ -24,16 +38,16 @@ COLUMNS = [
 
 def render_report(m: dict) -> str:
     """``report.md`` from ``metrics.json`` content."""
-    from persona_pipeline.evaluation.fidelity import DOMAIN_HITS
-
     rows = [("overall", m["overall"])] + list(m["per_persona"].items())
     rows += [(f"{by.removeprefix('per_')}: {name}", g) for by in ("per_origin", "per_kind") for name, g in m.get(by, {}).items()]
+    es, gen, timing = m["eval_set"], m["generation"], m["timing"]
     lines = [
         f"# Evaluation: {m['config']} ({m['model']['source']})",
         "",
         f"- model: `{m['model']['model']}`" + (f", adapter `{m['model']['adapter']}`" if m["model"].get("adapter") else ""),
-        f"- eval set: `{m['eval_set']['path']}` (sha256 `{m['eval_set']['sha256'][:12]}`), {m['eval_set']['n_evaluated']} of {m['eval_set']['n_records']} samples",
-        f"- decoding: {'sampling' if m['generation']['do_sample'] else 'greedy'}, {m['generation'].get('min_new_tokens', 0)} to {m['generation']['max_new_tokens']} new tokens, batch {m['generation']['batch_size']}, stop at EOS or `\\n\\nHuman:`",
+        f"- eval set: `{es['path']}` (sha256 `{es['sha256'][:12]}`), {es['n_evaluated']} of {es['n_records']} samples",
+        f"- decoding: {'sampling' if gen['do_sample'] else 'greedy'}, {gen.get('min_new_tokens', 0)} to {gen['max_new_tokens']} "
+        f"new tokens, batch {gen['batch_size']}, stop at EOS or `{escape_newlines(STOP)}`",
         f"- {m['created']}",
         "",
         "| group | " + " | ".join(c[1] for c in COLUMNS) + " |",
@@ -64,9 +78,25 @@ def render_report(m: dict) -> str:
         "## Timing",
         "",
         f"load {m['timing']['load_s']:.1f}s, generation {m['timing']['generate_s']:.1f}s "
-        f"({m['timing']['answers_per_s']:.2f} answers/s, {m['timing']['new_tokens_per_s']:.0f} new tokens/s), scoring {m['timing']['score_s']:.1f}s",
+        f"({timing['answers_per_s']:.2f} answers/s, {timing['new_tokens_per_s']:.0f} new tokens/s), scoring {timing['score_s']:.1f}s",
         "",
         f"Per-sample answers and scores: `{m['predictions']}`.",
         "",
     ]
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- paired changes (compare, model card)
+
+
+MARKS = {"better": "✓", "worse": "✗", "no clear change": "≈", None: ""}
+
+
+def ci_text(v: float, ci: list[float], signed: bool = False) -> str:
+    f = "{:+.3f}" if signed else "{:.3f}"
+    return f"{f.format(v)} [{f.format(ci[0])}, {f.format(ci[1])}]"
+
+
+def change_text(e: dict[str, Any]) -> str:
+    """``change [CI] mark`` of a :func:`_paired_metrics` entry (also used by the model card)."""
+    return f"{ci_text(e['change'], e['change_ci'], True)} {MARKS[e['verdict']]}".rstrip()

@@ -10,10 +10,14 @@ whether BOS is prepended.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import gguf
+from transformers import AutoTokenizer
 
 from persona_pipeline.core.errors import PipelineError
 
@@ -114,8 +118,6 @@ def _special_ids(tokenizer: Any, model_dir: Path) -> dict[str, int]:
 
 def read_vocab(model_dir: Path, n_vocab: int) -> VocabMetadata:
     """Tokenizer metadata for a model whose embedding matrix has ``n_vocab`` rows."""
-    from transformers import AutoTokenizer
-
     model_dir = Path(model_dir)
     tj_path = model_dir / "tokenizer.json"
     tj = _read_json(tj_path)
@@ -172,16 +174,12 @@ def read_vocab(model_dir: Path, n_vocab: int) -> VocabMetadata:
 
 def _sentencepiece_vocab(model_dir: Path, n_vocab: int, special_ids, add_bos, add_eos, chat_template) -> VocabMetadata:
     """SentencePiece-style vocabularies (Mistral, Llama 2) need tokenizer.model for the piece scores."""
-    import importlib.util
-
     if not (model_dir / "tokenizer.model").is_file() or importlib.util.find_spec("sentencepiece") is None:
         raise PipelineError(
             f"{model_dir}: SentencePiece-style tokenizer; its piece scores come from tokenizer.model "
             "and the `sentencepiece` package",
             hint="copy tokenizer.model from the base model into merged/ and `pip install sentencepiece`",
         )
-    import gguf
-
     spm = gguf.SentencePieceVocab(model_dir)
     tokens, scores, types = [], [], []
     for text, score, ttype in spm.all_tokens():

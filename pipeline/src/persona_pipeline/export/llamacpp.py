@@ -1,8 +1,8 @@
-"""llama.cpp in-process: finding (or installing) it, running a GGUF through its C API, K-quant quantizing.
+"""llama.cpp in-process: finding it, running a GGUF through its C API, K-quant quantizing.
 
-The runtime is the prebuilt ``xllamacpp`` wheel (seconds to install; extra
-``llamacpp``) or ``llama-cpp-python`` (compiles llama.cpp, ~10 min; extra
-``kquants``). Both ship llama.cpp's C library; we call its stable C API with
+The runtime is the prebuilt ``xllamacpp`` wheel (installed by ``make install``)
+or ``llama-cpp-python`` (compiles llama.cpp, ~10 min: ``make kquants``, the one
+explicit compile). Nothing here installs anything. Both ship llama.cpp's C library; we call its stable C API with
 ctypes so that we get raw next-token logits, the tokenizer and the load-time
 log (llama.cpp's warnings) from either. K-quants need llama.cpp's quantizer:
 ``llama_cpp.llama_model_quantize`` or a ``llama-quantize`` binary on PATH or
@@ -19,9 +19,12 @@ import os
 import shutil
 import struct
 import subprocess
-import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+
+import gguf
+import numpy as np
 
 from persona_pipeline.core.errors import PipelineError
 
@@ -32,32 +35,14 @@ XLLAMACPP_REQ = "xllamacpp==2026.10.11549"
 LLAMA_CPP_PYTHON_REQ = "llama-cpp-python==0.3.36"
 
 
-def _auto_install_allowed(default: bool = True) -> bool:
-    """PERSONA_PIPELINE_AUTO_INSTALL=0 forbids installing on first need, whatever the config says."""
-    env = os.environ.get("PERSONA_PIPELINE_AUTO_INSTALL")
-    return default if env is None else env.strip().lower() not in ("0", "no", "false")
-
-
-def pip_install(requirement: str, why: str) -> None:
-    """Install one pinned package into this interpreter's environment, showing pip's progress."""
-    print(f"installing {requirement} ({why}) ...", file=sys.stderr, flush=True)
-    cmd = [sys.executable, "-m", "pip", "install", requirement]
-    if subprocess.run(cmd).returncode != 0:
-        raise PipelineError(
-            f"could not install {requirement}",
-            hint=f"install it by hand: {sys.executable} -m pip install '{requirement}'",
-        )
-    importlib.invalidate_caches()
-
-
 # --------------------------------------------------------------------------- quantizer (K-quants)
 
 
 def kquant_hint() -> str:
     return (
-        f"K-quants use llama.cpp's quantizer: `pip install -e '.[kquants]'` (installs {LLAMA_CPP_PYTHON_REQ}, "
+        f"K-quants use llama.cpp's quantizer: `make kquants` (installs {LLAMA_CPP_PYTHON_REQ}, "
         "which compiles llama.cpp: about 10 minutes on 2 cores), or put `llama-quantize` on PATH, or set "
-        "LLAMA_CPP_DIR to a llama.cpp build folder; with gguf.auto_install=true the pipeline installs it on first use"
+        "LLAMA_CPP_DIR to a llama.cpp build folder"
     )
 
 
@@ -82,19 +67,8 @@ def find_quantizer() -> str | None:
     return str(binary) if binary else None
 
 
-def ensure_quantizer(auto_install: bool) -> str | None:
-    """The quantizer, installing llama-cpp-python first when allowed (announced: it compiles for minutes)."""
-    tool = find_quantizer()
-    if tool is None and auto_install and _auto_install_allowed():
-        pip_install(LLAMA_CPP_PYTHON_REQ, "llama.cpp's K-quant quantizer; this compiles llama.cpp, ~10 min on 2 cores")
-        tool = find_quantizer()
-    return tool
-
-
 def quantize(src: Path, dst: Path, quant: str, *, threads: int | None = None) -> str:
     """Quantize GGUF ``src`` to ``dst`` (written under a temporary name). Returns the tool used."""
-    import gguf
-
     tool = find_quantizer()
     if tool is None:
         raise PipelineError(f"QUANT={quant} needs llama.cpp's quantizer, which is not available", hint=kquant_hint())
@@ -102,6 +76,7 @@ def quantize(src: Path, dst: Path, quant: str, *, threads: int | None = None) ->
     tmp = dst.with_name(f".{dst.name}.tmp")
     try:
         if tool == "llama_cpp":
+            # The one lazy import: llama-cpp-python is an optional extra (`make kquants`, a compile).
             import llama_cpp
 
             params = llama_cpp.llama_model_quantize_default_params()
@@ -140,16 +115,13 @@ def runtime_library() -> Path | None:
     return None
 
 
-def ensure_runtime(auto_install: bool = True) -> Path:
-    """The llama.cpp library, installing the prebuilt xllamacpp wheel on first need."""
+def ensure_runtime() -> Path:
+    """The llama.cpp library, or an error saying how to install it."""
     lib = runtime_library()
-    if lib is None and auto_install and _auto_install_allowed():
-        pip_install(XLLAMACPP_REQ, "prebuilt llama.cpp runtime for gguf-check, ~34 MB")
-        lib = runtime_library()
     if lib is None:
         raise PipelineError(
             "no llama.cpp runtime is installed",
-            hint=f"pip install -e '.[llamacpp]' (installs {XLLAMACPP_REQ}, a prebuilt wheel)",
+            hint=f"`make install` installs it ({XLLAMACPP_REQ}, a prebuilt wheel)",
         )
     return lib
 
@@ -180,7 +152,7 @@ _LEVELS = {2: "info", 3: "warn", 4: "error"}
 class _Api:
     """ctypes signatures of the llama.cpp C functions we call, bound once per process."""
 
-    _instance: "_Api | None" = None
+    _instance: _Api | None = None
 
     def __init__(self, path: Path):
         c = ctypes
@@ -228,7 +200,7 @@ class _Api:
         self.backend_init()
 
     @classmethod
-    def get(cls, path: Path) -> "_Api":
+    def get(cls, path: Path) -> _Api:
         if cls._instance is None:
             cls._instance = cls(path)
         return cls._instance
@@ -237,8 +209,8 @@ class _Api:
 class LlamaCppModel:
     """A GGUF file loaded by llama.cpp: tokenize, next-token logits, greedy generation."""
 
-    def __init__(self, gguf_file: Path, *, n_ctx: int = 512, threads: int | None = None, auto_install: bool = True):
-        self.api = _Api.get(ensure_runtime(auto_install))
+    def __init__(self, gguf_file: Path, *, n_ctx: int = 512, threads: int | None = None):
+        self.api = _Api.get(ensure_runtime())
         self.path = Path(gguf_file)
         start = len(self.api.log)
         params = self.api.model_default_params()
@@ -312,8 +284,6 @@ class LlamaCppModel:
 
     def _decode(self, tokens: list[int], start: int, all_positions: bool):
         """Decode ``tokens`` at positions ``start``...; logits of every position or only the last."""
-        import numpy as np
-
         if start + len(tokens) > self.n_ctx:
             raise PipelineError(f"sequence of {start + len(tokens)} tokens exceeds the llama.cpp context ({self.n_ctx})")
         batch = self.api.batch_init(len(tokens), 0, 1)
@@ -363,7 +333,7 @@ class LlamaCppModel:
             self.api.model_free(self.model)
             self.model = None
 
-    def __enter__(self) -> "LlamaCppModel":
+    def __enter__(self) -> LlamaCppModel:
         return self
 
     def __exit__(self, *exc: Any) -> None:

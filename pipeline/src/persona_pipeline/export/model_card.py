@@ -1,10 +1,12 @@
 """The Hugging Face model card (README.md) for a published run: built only from figures, never from data text.
 
-It reads what the run folder already holds, defensively (a missing file reads
-"not evaluated yet", never an error): the resolved ``config.yaml`` (LoRA
-settings), ``train_summary.json``, ``eval/metrics.json`` and the baseline
-eval, the GGUF files and their ``check-<QUANT>.json``; and the data's provenance
-shares from the ``stats.json`` that ``make data`` wrote beside the training data.
+It reads what the run folder holds (:class:`~persona_pipeline.core.runs.RunDir`):
+the resolved ``config.yaml`` (LoRA settings) and ``train_summary.json``, which
+every trained run has (missing or unreadable is an error), the eval and the
+baseline eval ("not evaluated yet" only when that eval folder does not exist),
+the GGUF files and their ``check-<QUANT>.json`` ("not checked" when absent); and
+the data's provenance shares from the ``stats.json`` that ``make data`` wrote
+beside the training data ("not available" when the data was not built by it).
 """
 
 from __future__ import annotations
@@ -17,27 +19,27 @@ from typing import Any
 import yaml
 
 from persona_pipeline.core.config import Config
+from persona_pipeline.core.errors import PipelineError
+from persona_pipeline.core.prompt_format import STOP, escape_newlines, format_prompt
+from persona_pipeline.core.runs import DATA_STATS, RunDir, baseline_eval_dir, read_json
+from persona_pipeline.data.personas import persona_systems
+from persona_pipeline.evaluation.report import METRIC_ROWS, change_text
+from persona_pipeline.evaluation.results import read_metrics
 
 NOT_YET = "not evaluated yet"
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
+def _run_config(run: RunDir) -> dict[str, Any]:
+    """The config the run was trained with (its config.yaml, written by `make train`)."""
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-        return data if isinstance(data, dict) else None
-    except (OSError, ValueError):
-        return None
-
-
-def _run_config(cfg: Config, run_dir: Path) -> dict[str, Any]:
-    """The config the run was trained with (its config.yaml), else the current one."""
-    try:
-        data = yaml.safe_load((Path(run_dir) / "config.yaml").read_text(encoding="utf-8"))
-        if isinstance(data, dict):
-            return data
-    except (OSError, yaml.YAMLError):
-        pass
-    return cfg.to_dict()
+        data = yaml.safe_load(run.config.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PipelineError(f"{run.config} not found", hint="it is written by `make train`; is this a run folder?") from None
+    except yaml.YAMLError as exc:
+        raise PipelineError(f"{run.config}: invalid YAML ({exc})", hint="restore the run's config.yaml") from None
+    if not isinstance(data, dict):
+        raise PipelineError(f"{run.config}: expected a mapping", hint="restore the run's config.yaml")
+    return data
 
 
 def license_id(note: str) -> str:
@@ -62,14 +64,12 @@ def _num(v: Any) -> str:
     return str(v)
 
 
-def metrics_section(cfg: Config, run_dir: Path) -> list[str]:
+def metrics_section(cfg: Config, run: RunDir) -> list[str]:
     """Overall and per-persona metrics of the run's eval and of the baseline (un-tuned base model)."""
-    from persona_pipeline.stages.compare import COMPARE_DIR, METRIC_ROWS, baseline_dir, change_text
-
-    tuned = _read_json(Path(run_dir) / "eval" / "metrics.json")
-    base = _read_json(baseline_dir(cfg, Path(run_dir)) / "metrics.json")
+    tuned = read_metrics(run.eval)
+    base = read_metrics(baseline_eval_dir(cfg.outputs_dir, cfg.name, run))
     lines = ["## Evaluation", ""]
-    if not tuned or not isinstance(tuned.get("overall"), dict):
+    if tuned is None:
         return lines + [f"The fine-tuned model is {NOT_YET} (`make eval`).", ""]
     t_over, b_over = tuned["overall"], (base or {}).get("overall") or {}
     n = (tuned.get("eval_set") or {}).get("n_evaluated", t_over.get("n"))
@@ -86,7 +86,8 @@ def metrics_section(cfg: Config, run_dir: Path) -> list[str]:
         "| metric | baseline | fine-tuned | change |",
         "|---|---:|---:|---:|",
     ]
-    paired = (_read_json(Path(run_dir) / COMPARE_DIR / "comparison.json") or {}).get("paired") or {}
+    # "Not compared yet" only when compare never ran (no compare/ folder); a damaged file is an error.
+    paired = read_json(run.comparison, written_by="make compare").get("paired") or {} if run.compare.is_dir() else {}
     over = paired.get("overall") or {}
     for key, label, _ in METRIC_ROWS:
         if t_over.get(key) is None and b_over.get(key) is None:
@@ -97,27 +98,29 @@ def metrics_section(cfg: Config, run_dir: Path) -> list[str]:
     if origin:
         keys = [(k, label) for k, label, _ in METRIC_ROWS if k in ("rougeL", "semantic_similarity", "persona_match")]
         lines += ["", "Change by origin of the reference (real transcript quotes vs generated):", "",
-                  "| origin | n | " + " | ".join(l for _, l in keys) + " |", "|---|---:|" + "---:|" * len(keys)]
+                  "| origin | n | " + " | ".join(label for _, label in keys) + " |", "|---|---:|" + "---:|" * len(keys)]
         for name, m in origin.items():
             n_slice = next(iter(m.values()))["n"] if m else 0
             lines.append(f"| {name} | {n_slice} | " + " | ".join(change_text(m[k]) if k in m else "n/a" for k, _ in keys) + " |")
     per = tuned.get("per_persona") or {}
     if per:
         keys = [(k, label) for k, label, _ in METRIC_ROWS if k in ("rougeL", "bleu", "persona_match", "blend_rate")]
-        lines += ["", "Per persona (fine-tuned):", "", "| persona | n | " + " | ".join(l for _, l in keys) + " |",
+        lines += ["", "Per persona (fine-tuned):", "", "| persona | n | " + " | ".join(label for _, label in keys) + " |",
                   "|---|---:|" + "---:|" * len(keys)]
         for name, g in per.items():
             lines.append(f"| {name} | {_num(g.get('n'))} | " + " | ".join(_num(g.get(k)) for k, _ in keys) + " |")
     return lines + [""]
 
 
-def _provenance(cfg: Config, run_dir: Path) -> str:
+def _provenance(cfg: Config, run_config: dict[str, Any]) -> str:
     """Shares of real quotes / quote-derived / invented records, from ``stats.json`` beside the training data."""
-    train = (_run_config(cfg, run_dir).get("data") or {}).get("train") or cfg.data.train
-    stats = _read_json(cfg.resolve(train).parent / "stats.json") or {}
-    share = stats.get("origin_share")
+    train = (run_config.get("data") or {}).get("train") or cfg.data.train
+    path = cfg.resolve(train).parent / DATA_STATS
+    if not path.is_file():  # data supplied by hand, not built by `make data`
+        return f"not available (no {DATA_STATS} beside the training data; `make data` writes it)"
+    share = read_json(path, written_by="make data").get("origin_share")
     if not isinstance(share, dict) or not share:
-        return "not available (no stats.json with origin shares beside the training data; run make data)"
+        return f"not available ({path} has no origin shares; re-run `make data`)"
     return (f"{share.get('quote', 0):.1%} real quotes from the documentary transcripts, "
             f"{share.get('quote_derived', 0):.1%} derived from quotes (rephrased quotes, answers from transcript-sourced facts), "
             f"{share.get('invented', 0):.1%} invented for this project (facts and deflections without a transcript source)")
@@ -128,13 +131,14 @@ def _bash_quote(text: str) -> str:
     return "$'" + text.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n") + "'"
 
 
-def _gguf_section(run_dir: Path, repo_id: str, subfolder: str, gguf_files: list[Path], example: str) -> list[str]:
+def _gguf_section(run: RunDir, repo_id: str, subfolder: str, gguf_files: list[Path], example: str) -> list[str]:
     if not gguf_files:
         return []
     lines = ["## GGUF (llama.cpp, Ollama)", "", "| file | size | check against transformers |", "|---|---:|---|"]
     for f in gguf_files:
         quant = f.stem.rsplit("-", 1)[-1]
-        chk = _read_json(Path(run_dir) / "gguf" / f"check-{quant}.json")
+        check = run.gguf_check(quant)
+        chk = read_json(check, written_by="make gguf-check") if check.is_file() else None
         if not chk:
             verdict = "not checked"
         elif chk.get("mode") == "llama.cpp":
@@ -160,19 +164,15 @@ def _gguf_section(run_dir: Path, repo_id: str, subfolder: str, gguf_files: list[
 
 
 def build_model_card(
-    cfg: Config, run_dir: Path, *, repo_id: str, subfolder: str, artifact: str, gguf_files: list[Path]
+    cfg: Config, run_dir: RunDir, *, repo_id: str, subfolder: str, artifact: str, gguf_files: list[Path]
 ) -> str:
-    from persona_pipeline.stages.ollama_create import persona_systems
-    from persona_pipeline.core.prompt_format import format_prompt
-
-    run_dir = Path(run_dir)
-    rc = _run_config(cfg, run_dir)
+    rc = _run_config(run_dir)
     model = rc.get("model") or {}
     base_name = str(model.get("name_or_path") or cfg.model.name_or_path)
     note = str(model.get("license_note") or cfg.model.license_note or "see the base model's license")
     lora = rc.get("lora") or {}
     quant = rc.get("quantization") or {}
-    summary = _read_json(run_dir / "train_summary.json") or {}
+    summary = read_json(run_dir.train_summary, written_by="make train")
     personas = persona_systems(cfg)
     first, system = next(iter(personas.items()))
     example = format_prompt(first, system, "What should school be for?")
@@ -188,23 +188,21 @@ def build_model_card(
              "## Base model and license", "",
              f"- base model: `{base_name}`" + ("" if _is_hub_id(base_name) else " (built locally by the pipeline)"),
              f"- license: {note}. This model is a derivative of the base model and is subject to its license.",
-             f"- published artifact: {'the LoRA adapter only (load it on top of the base model)' if artifact == 'adapter' else 'the full model with the LoRA adapter merged in'}",
+             "- published artifact: " + ("the LoRA adapter only (load it on top of the base model)" if artifact == "adapter"
+                                         else "the full model with the LoRA adapter merged in"),
              "", "## Training", "",
              f"- LoRA: r={lora.get('r')}, alpha={lora.get('lora_alpha')}, dropout={lora.get('lora_dropout')}, "
              f"target modules {', '.join(lora.get('target_modules') or [])}",
              f"- QLoRA (4-bit NF4): {'yes' if quant.get('load_in_4bit') else 'no'}"]
-    if summary:
-        samples = summary.get("samples") or {}
-        lines += [
-            f"- epochs: {_num(summary.get('epochs'))}, steps: {_num(summary.get('global_step'))}, "
-            f"tokens seen: {_num(summary.get('tokens_seen'))}, trainable parameters: {_num(summary.get('trainable_parameters'))}",
-            f"- eval loss: {_num(summary.get('base_eval_loss'))} before training, {_num(summary.get('final_eval_loss'))} after",
-            f"- data: {_num(samples.get('train'))} training and {_num(samples.get('eval'))} held-out samples "
-            "(question/answer pairs in each persona's voice; the data itself is private and not published)",
-            f"- data provenance: {_provenance(cfg, run_dir)}",
-        ]
-    else:
-        lines.append("- training summary: not available")
+    samples = summary.get("samples") or {}
+    lines += [
+        f"- epochs: {_num(summary.get('epochs'))}, steps: {_num(summary.get('global_step'))}, "
+        f"tokens seen: {_num(summary.get('tokens_seen'))}, trainable parameters: {_num(summary.get('trainable_parameters'))}",
+        f"- eval loss: {_num(summary.get('base_eval_loss'))} before training, {_num(summary.get('final_eval_loss'))} after",
+        f"- data: {_num(samples.get('train'))} training and {_num(samples.get('eval'))} held-out samples "
+        "(question/answer pairs in each persona's voice; the data itself is private and not published)",
+        f"- data provenance: {_provenance(cfg, rc)}",
+    ]
     lines += [""] + metrics_section(cfg, run_dir)
     load = (f'from transformers import AutoModelForCausalLM, AutoTokenizer\n\n'
             f'model = AutoModelForCausalLM.from_pretrained("{repo_id}", subfolder="{subfolder}")\n'
@@ -216,12 +214,12 @@ def build_model_card(
                 f'tok = AutoTokenizer.from_pretrained("{repo_id}", subfolder="{subfolder}")')
     lines += [
         "## Usage", "",
-        "The prompt names the persona in a system line and ends with the persona's name; stop at the next `\\n\\nHuman:`.",
+        f"The prompt names the persona in a system line and ends with the persona's name; stop at the next `{escape_newlines(STOP)}`.",
         "", "```python", load,
         f"prompt = {example!r}",
         'ids = tok(prompt, return_tensors="pt")',
         "out = model.generate(**ids, max_new_tokens=128, do_sample=True, temperature=0.7, top_p=0.9,",
-        '                     stop_strings=["\\n\\nHuman:"], tokenizer=tok)',
+        f"                     stop_strings=[{json.dumps(STOP)}], tokenizer=tok)",
         'print(tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True))',
         "```", "",
     ]

@@ -14,36 +14,30 @@ import random
 import time
 from pathlib import Path
 
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from tqdm.auto import tqdm
+from transformers import (
+    GenerationConfig,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+    get_cosine_schedule_with_warmup,
+)
+
 from persona_pipeline.core.config import Config
 from persona_pipeline.core.errors import PipelineError
 from persona_pipeline.core.fsutil import atomic_dir
+from persona_pipeline.core.modeling import model_location
+from persona_pipeline.core.prompt_format import CHAT_TEMPLATE
+from persona_pipeline.core.runs import BUILD_INFO
+from persona_pipeline.data.corpus import project_text
 
 log = logging.getLogger(__name__)
 
 BOS, EOS, PAD = "<s>", "</s>", "<pad>"
-BUILD_INFO = "build_info.json"
-
-# The persona prompt format as a chat template. The persona's name comes from a `persona`
-# template variable or, failing that, from a system line "You are <Name>, ...".
-CHAT_TEMPLATE = (
-    "{%- set ns = namespace(name=persona if persona is defined else 'Assistant') -%}"
-    "{%- for m in messages -%}"
-    "{%- if m['role'] == 'system' -%}"
-    "{%- if persona is not defined and m['content'].startswith('You are ') -%}"
-    "{%- set ns.name = m['content'][8:].split(',')[0] -%}"
-    "{%- endif -%}"
-    "{{ m['content'] }}"
-    "{%- elif m['role'] == 'user' -%}{{ '\\n\\nHuman: ' + m['content'] }}"
-    "{%- else -%}{{ '\\n\\n' + ns.name + ': ' + m['content'] }}"
-    "{%- endif -%}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{ '\\n\\n' + ns.name + ':' }}{%- endif -%}"
-)
-
 
 def _project_text(cfg: Config) -> list[str]:
-    from persona_pipeline.data.personas import project_text
-
     texts = [t for t in project_text(cfg) if t.strip()]
     if not texts:
         raise PipelineError(
@@ -55,9 +49,6 @@ def _project_text(cfg: Config) -> list[str]:
 
 def train_tokenizer(texts: list[str], vocab_size: int):
     """A byte-level BPE tokenizer with BOS added by its post-processor, wrapped for transformers."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -82,10 +73,6 @@ def train_tokenizer(texts: list[str], vocab_size: int):
 
 def _warm_up(model, tokenizer, texts: list[str], cfg: Config, steps: int) -> list[float]:
     """A short causal-LM pass over the project's text (plain loop: it is seconds long)."""
-    import torch
-    from tqdm.auto import tqdm
-    from transformers import get_cosine_schedule_with_warmup
-
     bm = cfg.base_model
     block = 128
     # Texts are joined with blank lines, not EOS: hundreds of short texts (single persona facts)
@@ -117,9 +104,6 @@ def build_base_model(
     cfg: Config, *, out_dir: Path | None = None, force: bool = False, warmup_steps: int | None = None
 ) -> Path:
     """Build (or reuse) the tiny model folder. Deterministic for a given seed and thread count."""
-    import torch
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
-
     out = Path(out_dir) if out_dir else cfg.resolve(cfg.model.name_or_path)
     bm = cfg.base_model
     steps = bm.warmup_steps if warmup_steps is None else warmup_steps
@@ -179,16 +163,12 @@ def build_base_model(
 
 
 def run(cfg: Config, *, force: bool = False) -> int:
-    from persona_pipeline.core.modeling import model_location
-
     if not Path(model_location(cfg)).is_absolute():
         raise PipelineError(
             f"model.name_or_path is a Hub id ({cfg.model.name_or_path}); base-model only builds the tiny local model",
             hint="use TRAIN_CONFIG=configs/train_tiny.yaml",
         )
     if cfg.train.num_threads:
-        import torch
-
         torch.set_num_threads(cfg.train.num_threads)
     out = build_base_model(cfg, force=force)
     print(f"tiny base model: {out}")

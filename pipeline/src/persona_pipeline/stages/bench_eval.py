@@ -1,7 +1,7 @@
 """``make bench-eval``: the same eval prompts generated one at a time (the reference loop) and batched.
 
 Both variants run in one process on the same model with greedy decoding, one
-after the other, ``eval.bench_repeats`` times; medians are reported. Greedy
+after the other, ``--repeats`` times; medians are reported. Greedy
 outputs must be identical (batching is an optimisation, not a change of
 model). The model is the latest run's (adapter merged in memory) when there
 is one, else the base model. Writes ``outputs/bench/bench_eval.json``.
@@ -14,11 +14,17 @@ import logging
 import statistics
 import time
 from dataclasses import replace
-from pathlib import Path
+
+import torch
 
 from persona_pipeline.core.config import Config
 from persona_pipeline.core.errors import PipelineError
 from persona_pipeline.core.fsutil import atomic_write_json
+from persona_pipeline.core.modeling import device
+from persona_pipeline.core.records import persona_of, read_eval_set
+from persona_pipeline.core.runs import RunDir, bench_file
+from persona_pipeline.evaluation.generation import GenerationSettings, generate, load_eval_model, plan_batches, set_eval_threads
+from persona_pipeline.evaluation.results import select_samples
 
 log = logging.getLogger(__name__)
 
@@ -27,33 +33,21 @@ TARGET_SPEEDUP = 5.0
 
 def _model_for_bench(cfg: Config):
     """(model, tokenizer, description): the latest run's model if there is one, else the base model."""
-    from persona_pipeline.stages.eval import load_eval_model
-    from persona_pipeline.core.runs import resolve_run
-
-    run_dir: Path | None = None
+    run_dir: RunDir | None = None
     if cfg.eval.source != "base":
         try:
-            run_dir = resolve_run(cfg.runs_dir, "latest")
-        except PipelineError:
-            run_dir = None
-        needed = "merged/config.json" if cfg.eval.source == "merged" else "adapter/adapter_config.json"
-        if run_dir is None or not (run_dir / needed).is_file():
-            log.info("no trained run with %s found: benchmarking the base model", needed)
+            run_dir = RunDir.resolve(cfg.runs_dir, "latest")
+            run_dir.require_merged() if cfg.eval.source == "merged" else run_dir.require_adapter()
+        except PipelineError as exc:
+            log.info("benchmarking the base model: %s", str(exc).splitlines()[0])
             run_dir, cfg = None, replace(cfg, eval=replace(cfg.eval, source="base"))
     return load_eval_model(cfg, run_dir)
 
 
-def benchmark(cfg: Config) -> dict:
+def benchmark(cfg: Config, *, samples: int = 32, repeats: int = 3) -> dict:
     """Run the benchmark and write ``outputs/bench/bench_eval.json``; returns its content."""
-    import torch
-
-    from persona_pipeline.stages.eval import persona_of, read_eval_set, select_samples
-    from persona_pipeline.evaluation.generation import GenerationSettings, generate, plan_batches
-    from persona_pipeline.core.modeling import device
-
     records, sha = read_eval_set(cfg)
-    n = cfg.eval.bench_samples
-    chosen = select_samples(records, cfg.eval.personas, n, str(cfg.resolve(cfg.data.eval)))
+    chosen = select_samples(records, cfg.eval.personas, samples, str(cfg.resolve(cfg.data.eval)))
     prompts = [r["prompt"] for r in chosen]
     model, tokenizer, desc = _model_for_bench(cfg)
     settings = replace(GenerationSettings.from_config(cfg), do_sample=False)
@@ -71,14 +65,14 @@ def benchmark(cfg: Config) -> dict:
         times[key].append(time.perf_counter() - t)
         return out
 
-    for rep in range(cfg.eval.bench_repeats):
+    for rep in range(repeats):
         seq = timed("one_at_a_time", settings, 1, f"one at a time ({rep + 1})")
         bat = timed("batched", settings, bs, f"batched {bs} ({rep + 1})")
         timed("prefill_one_at_a_time", prefill, 1, f"prompt pass, one at a time ({rep + 1})")
         timed("prefill_batched", prefill, bs, f"prompt pass, batched ({rep + 1})")
         log.info("repeat %d: one at a time %.2fs, batched %.2fs", rep + 1, times["one_at_a_time"][-1], times["batched"][-1])
     med = {k: statistics.median(v) for k, v in times.items()}
-    same = sum(a.text == b.text for a, b in zip(seq, bat))
+    same = sum(a.text == b.text for a, b in zip(seq, bat, strict=True))
     seq_s, bat_s = med["one_at_a_time"], med["batched"]
     speedup = seq_s / bat_s if bat_s > 0 else float("inf")
     decode_seq, decode_bat = seq_s - med["prefill_one_at_a_time"], bat_s - med["prefill_batched"]
@@ -102,7 +96,7 @@ def benchmark(cfg: Config) -> dict:
         "new_tokens": new_tokens,
         "new_tokens_mean": new_tokens / len(bat),
         "runaway": sum(g.runaway for g in bat),
-        "repeats": cfg.eval.bench_repeats,
+        "repeats": repeats,
         "seconds": times,
         "identical_outputs": same,
         "summary": {
@@ -118,17 +112,15 @@ def benchmark(cfg: Config) -> dict:
             "batched_new_tokens_per_s": round(new_tokens / bat_s, 1) if bat_s else None,
         },
     }
-    path = cfg.outputs_dir / "bench" / "bench_eval.json"
+    path = bench_file(cfg.outputs_dir, "bench_eval.json")
     atomic_write_json(path, result)
     result["path"] = str(path)
     return result
 
 
-def run(cfg: Config) -> int:
-    from persona_pipeline.evaluation.generation import set_eval_threads
-
+def run(cfg: Config, *, samples: int = 32, repeats: int = 3) -> int:
     set_eval_threads(cfg)
-    res = benchmark(cfg)
+    res = benchmark(cfg, samples=samples, repeats=repeats)
     s = res["summary"]
     print(f"bench-eval: {res['prompts']} prompts, batch {res['batch_size']}, {res['device']}, {res['threads']} threads -> {res['path']}")
     print(f"  one at a time {s['one_at_a_time_s']}s, batched {s['batched_s']}s: {s['speedup_batched_vs_one_at_a_time']}x "

@@ -8,6 +8,7 @@ from pathlib import Path
 from persona_pipeline.core.config import Config
 from persona_pipeline.core.errors import PipelineError
 from persona_pipeline.core.fsutil import atomic_write_text
+from persona_pipeline.core.runs import bench_file
 
 
 def summarize(bench_dir: Path) -> str:
@@ -35,9 +36,9 @@ def summarize(bench_dir: Path) -> str:
 
 
 def run(cfg: Config) -> int:
-    bench_dir = cfg.outputs_dir / "bench"
-    text = summarize(bench_dir)
-    out = atomic_write_text(bench_dir / "summary.md", text)
+    out = bench_file(cfg.outputs_dir, "summary.md")
+    text = summarize(out.parent)
+    out = atomic_write_text(out, text)
     print(text)
     print(f"written: {out}")
     return 0

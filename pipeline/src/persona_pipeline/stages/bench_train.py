@@ -25,14 +25,27 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import pickle
 import platform
+import re
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+import torch
+from tqdm.auto import tqdm
+
 from persona_pipeline.core.config import Config
 from persona_pipeline.core.fsutil import atomic_write_json
+from persona_pipeline.core.modeling import build_peft_model, load_tokenizer
+from persona_pipeline.core.modeling import device as pick_device
+from persona_pipeline.core.runs import bench_file
+from persona_pipeline.training.collate import EpochLengthGroupedSampler, make_collator, padded_tokens, real_tokens
+from persona_pipeline.training.tokenized import load_tokenized
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +55,7 @@ TARGET_RATIO = 3.0
 
 
 def bench_path(cfg: Config) -> Path:
-    return cfg.outputs_dir / "bench" / "bench_train.json"
+    return bench_file(cfg.outputs_dir, "bench_train.json")
 
 
 def _bench_cfg(cfg: Config) -> Config:
@@ -52,8 +65,6 @@ def _bench_cfg(cfg: Config) -> Config:
 
 def pick_batches(lengths: list[int], batch_size: int, n: int, seed: int) -> list[list[int]]:
     """``n`` batches of sample indices in training order, evenly spread over one epoch."""
-    from persona_pipeline.training.collate import EpochLengthGroupedSampler
-
     order = list(EpochLengthGroupedSampler(lengths, batch_size, seed))
     batches = [order[i : i + batch_size] for i in range(0, len(order) - batch_size + 1, batch_size)]
     if not batches:
@@ -63,15 +74,11 @@ def pick_batches(lengths: list[int], batch_size: int, n: int, seed: int) -> list
 
 
 def _collators(pad_id: int, max_length: int) -> dict:
-    from persona_pipeline.training.collate import make_collator
-
     return {v: make_collator(v, pad_id, max_length) for v in VARIANTS}
 
 
 def _train_steps(model, init_state, batches, lr: float, device) -> tuple[list[float], list[float]]:
     """Reset the adapter, then one optimizer step per batch; returns (losses, seconds per step)."""
-    import torch
-
     model.load_state_dict(init_state, strict=False)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr)
@@ -94,19 +101,12 @@ def _train_steps(model, init_state, batches, lr: float, device) -> tuple[list[fl
 
 
 def _rss_kib(field: str) -> int:
-    import re
-
     m = re.search(rf"{field}:\s+(\d+)", Path("/proc/self/status").read_text())
     return int(m.group(1)) if m else 0
 
 
 def _memory_child(cfg: Config, variant: str, batch_samples: list[list[dict]]) -> float:
     """In a fresh process: load, reset the RSS peak, train 2 steps with ``variant``; the peak growth (MiB)."""
-    import torch
-
-    from persona_pipeline.core.modeling import load_tokenizer
-    from persona_pipeline.stages.train import build_peft_model
-
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
     tok = load_tokenizer(cfg)
@@ -122,11 +122,6 @@ def _memory_child(cfg: Config, variant: str, batch_samples: list[list[dict]]) ->
 
 def _cpu_peak_memory(cfg: Config, batch_samples: list[list[dict]]) -> dict[str, float | None]:
     """One fresh ``python -m persona_pipeline.stages.bench_train`` per variant (run side by side: RSS is per process)."""
-    import pickle
-    import subprocess
-    import sys
-    import tempfile
-
     if not Path("/proc/self/clear_refs").exists():
         return {v: None for v in VARIANTS}
     procs = {}
@@ -151,31 +146,21 @@ def _cpu_peak_memory(cfg: Config, batch_samples: list[list[dict]]) -> dict[str, 
     return out
 
 
-def bench(cfg: Config, *, memory: bool = True, command: str | None = None) -> dict[str, Any]:
+def bench(cfg: Config, *, steps: int = 8, repeats: int = 3, memory: bool = True, command: str | None = None) -> dict[str, Any]:
     """Run the benchmark, write ``outputs/bench/bench_train.json`` and return its content.
 
     ``command`` is recorded as the way to reproduce the figures (default: the make target).
     """
-    import torch
-    from tqdm.auto import tqdm
-
-    from persona_pipeline.core.modeling import device as pick_device
-    from persona_pipeline.core.modeling import load_tokenizer
-    from persona_pipeline.stages.tokenize import load_tokenized
-    from persona_pipeline.stages.train import build_peft_model
-
     bcfg = _bench_cfg(cfg)
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
     tok = load_tokenizer(bcfg)
     ts = load_tokenized(bcfg, "train", tokenizer=tok)
-    steps, repeats, bs = cfg.train.bench_steps, cfg.train.bench_repeats, cfg.train.batch_size
+    bs = cfg.train.batch_size
     index_batches = pick_batches(ts.lengths, bs, steps + 1, cfg.seed)  # +1: an untimed warm-up step
     sample_batches = [[ts.samples[i] for i in b] for b in index_batches]
     collators = _collators(tok.pad_token_id, cfg.data.max_length)
     batches = {v: [c(b) for b in sample_batches] for v, c in collators.items()}
-
-    from persona_pipeline.training.collate import padded_tokens, real_tokens
 
     dev = pick_device()
     torch.manual_seed(cfg.seed)
@@ -224,7 +209,7 @@ def bench(cfg: Config, *, memory: bool = True, command: str | None = None) -> di
     ref = variants[REFERENCE]
     ref_curve = runs[REFERENCE][0]["losses"]
     loss_diff = {
-        v: max(abs(a - b) for a, b in zip(runs[v][0]["losses"], ref_curve)) for v in VARIANTS if v != REFERENCE
+        v: max(abs(a - b) for a, b in zip(runs[v][0]["losses"], ref_curve, strict=True)) for v in VARIANTS if v != REFERENCE
     }
 
     def ratio(v: str) -> float:
@@ -283,10 +268,11 @@ def _config_arg(cfg: Config) -> str:
         return str(cfg.source_file)
 
 
-def run(cfg: Config, *, overrides: tuple[str, ...] = ()) -> int:
+def run(cfg: Config, *, steps: int = 8, repeats: int = 3, overrides: tuple[str, ...] = ()) -> int:
     overrides = " ".join(overrides)
-    command = f"make bench-train TRAIN_CONFIG={_config_arg(cfg)}" + (f" ARGS='{overrides}'" if overrides else "")
-    res = bench(cfg, command=command)
+    command = (f"make bench-train TRAIN_CONFIG={_config_arg(cfg)} BENCH_ARGS='--steps {steps} --repeats {repeats}'"
+               + (f" ARGS='{overrides}'" if overrides else ""))
+    res = bench(cfg, steps=steps, repeats=repeats, command=command)
     s, v = res["summary"], res["variants"]
     print(f"bench-train ({res['settings']['device']}, batch {res['settings']['batch_size']}, "
           f"{res['settings']['timed_steps']} steps x {res['settings']['repeats']} repeats, medians):")
@@ -305,7 +291,4 @@ def run(cfg: Config, *, overrides: tuple[str, ...] = ()) -> int:
 
 
 if __name__ == "__main__":  # the memory-measurement child of _cpu_peak_memory
-    import pickle
-    import sys
-
     print(_memory_child(*pickle.loads(sys.stdin.buffer.read())))

@@ -20,26 +20,20 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import yaml
+import numpy as np
+from matplotlib.figure import Figure
 
 from persona_pipeline.core.config import Config
-from persona_pipeline.evaluation.intervals import N_BOOT, PER_SAMPLE, mean_interval, paired_difference, slices, values
-from persona_pipeline.evaluation.report import fmt
-from persona_pipeline.stages.eval import CONTRASTIVE
 from persona_pipeline.core.errors import PipelineError
 from persona_pipeline.core.fsutil import atomic_dir, atomic_write_text
+from persona_pipeline.core.runs import RunDir, baseline_eval_dir, read_json
+from persona_pipeline.evaluation.intervals import N_BOOT, PER_SAMPLE, mean_interval, paired_difference, slices, values
+from persona_pipeline.evaluation.report import MARKS, METRIC_ROWS, change_text, ci_text, fmt
+from persona_pipeline.evaluation.results import load_eval
+from persona_pipeline.evaluation.scoring import CONTRASTIVE
 
 log = logging.getLogger(__name__)
 
-COMPARE_DIR = "compare"
-# (key in metrics, label, higher is better)
-METRIC_ROWS = [
-    ("rouge1", "ROUGE-1", True), ("rouge2", "ROUGE-2", True), ("rougeL", "ROUGE-L", True), ("bleu", "BLEU", True),
-    ("semantic_similarity", "semantic similarity", True), ("persona_match", "persona match", True),
-    ("persona_match_embed", "persona match (embeddings)", True), ("blend_rate", "blend rate", False),
-    ("blend_rate_contrastive", "blend rate (contrastive)", False), ("words_mean", "words (mean)", None),
-    ("empty_rate", "empty answers", False), ("runaway_rate", "runaway answers", False),
-]
 # The slice table and chart: the quality metrics, then runaway rate and answer length beside them.
 SLICE_METRICS = ["rougeL", "semantic_similarity", "persona_match", "runaway_rate", "words_mean"]
 CHART_METRICS = ["rougeL", "semantic_similarity", "persona_match", "runaway_rate", "words_mean"]
@@ -48,36 +42,6 @@ SLICE_GROUPS = ["per_origin", "per_persona", "per_kind"]
 RUNS_HEADING = "## Runs (eval split by source, 95 % intervals)"
 LOG_COLUMNS = ["date", "run", "config", "train / eval", "epochs", "eval set", "ROUGE-L real", "ROUGE-L generated",
                "sem. sim. real", "sem. sim. generated", "persona match", "blend", "runaway", "words (mean)"]
-MARKS = {"better": "✓", "worse": "✗", "no clear change": "≈", None: ""}
-
-
-def _load_eval(cfg: Config, eval_dir: Path, what: str, hint: str) -> tuple[dict, list[dict]]:
-    from persona_pipeline.stages.eval import METRICS, prompts_digest, read_predictions
-
-    path = eval_dir / METRICS
-    if not path.is_file():
-        raise PipelineError(f"no {what} eval: {path} not found", hint=hint)
-    try:
-        metrics = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise PipelineError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno})", hint=hint) from None
-    preds = read_predictions(cfg, eval_dir)
-    digest = prompts_digest([(p["prompt"], p["reference"]) for p in preds])
-    if digest != metrics.get("eval_set", {}).get("prompts_sha256"):
-        raise PipelineError(
-            f"{eval_dir}: the predictions file does not hold the prompts its metrics.json was computed on "
-            "(it comes from another eval set or another eval run)",
-            hint=f"re-run the {what} eval so that both files come from one run",
-        )
-    return metrics, preds
-
-
-def baseline_dir(cfg: Config, run_dir: Path) -> Path:
-    """``run/eval_baseline`` if present, else ``outputs/baselines/<config name>``."""
-    from persona_pipeline.stages.eval import EVAL_DIR, METRICS
-
-    inside = run_dir / EVAL_DIR["base"]
-    return inside if (inside / METRICS).is_file() else cfg.outputs_dir / "baselines" / cfg.name
 
 
 def _check_same_set(base: dict, tuned: dict, base_dir: Path, tuned_dir: Path) -> None:
@@ -116,7 +80,7 @@ def _paired_metrics(base: list[dict], tuned: list[dict]) -> dict[str, dict[str, 
 def paired_comparison(base_preds: list[dict], tuned_preds: list[dict]) -> dict[str, Any]:
     """``overall`` and each slice group (origin, persona, kind) -> slice -> metric -> :func:`_paired_metrics` entry.
 
-    The two prediction lists hold the same prompts in the same order (checked by ``_load_eval``).
+    The two prediction lists hold the same prompts in the same order (checked by ``load_eval``).
     """
     out: dict[str, Any] = {"overall": _paired_metrics(base_preds, tuned_preds)}
     for by in SLICE_GROUPS:
@@ -128,16 +92,6 @@ def paired_comparison(base_preds: list[dict], tuned_preds: list[dict]) -> dict[s
     return out
 
 
-def _ci(v: float, ci: list[float], signed: bool = False) -> str:
-    f = "{:+.3f}" if signed else "{:.3f}"
-    return f"{f.format(v)} [{f.format(ci[0])}, {f.format(ci[1])}]"
-
-
-def change_text(e: dict[str, Any]) -> str:
-    """``change [CI] mark`` of a :func:`_paired_metrics` entry (also used by the model card)."""
-    return f"{_ci(e['change'], e['change_ci'], True)} {MARKS[e['verdict']]}".rstrip()
-
-
 def _cell(e: dict[str, Any]) -> str:
     """``base → tuned, change [CI] mark`` for the slice table and the log."""
     return f"{e['baseline']:.3f} → {e['fine_tuned']:.3f}, {change_text(e)}"
@@ -145,13 +99,14 @@ def _cell(e: dict[str, Any]) -> str:
 
 def render_table(base: dict, tuned: dict, paired: dict[str, Any]) -> str:
     """The comparison markdown: overall metrics with intervals, then one row per slice."""
-    cont = tuned["eval_set"].get("containment")
+    es, cont = tuned["eval_set"], tuned["eval_set"].get("containment")
+    overlap = (f"{cont['references_sharing_run']} of {cont['n']} references share a run of {cont['run_words']} words "
+               "with a training answer") if cont else "not measured (re-run `make eval`)"
     lines = [
         "# Baseline vs fine-tuned",
         "",
-        f"- eval set: `{tuned['eval_set']['path']}` (sha256 `{tuned['eval_set']['sha256'][:12]}`), {tuned['eval_set']['n_evaluated']} samples, same prompts for both",
-        ("- overlap with training: " + (f"{cont['references_sharing_run']} of {cont['n']} references share a run of "
-                                        f"{cont['run_words']} words with a training answer" if cont else "not measured (re-run `make eval`)")),
+        f"- eval set: `{es['path']}` (sha256 `{es['sha256'][:12]}`), {es['n_evaluated']} samples, same prompts for both",
+        f"- overlap with training: {overlap}",
         f"- baseline: `{base['model']['model']}` ({base['created']})",
         f"- fine-tuned: `{tuned['model'].get('adapter') or tuned['model']['model']}` ({tuned['created']})",
         f"- [low, high]: 95 % percentile bootstrap over the prompts ({N_BOOT} resamples); a change's interval is a paired "
@@ -163,11 +118,12 @@ def render_table(base: dict, tuned: dict, paired: dict[str, Any]) -> str:
         "|---|---:|---:|---:|---|",
     ]
     over = paired["overall"]
-    for key, label, better in METRIC_ROWS:
+    for key, label, _ in METRIC_ROWS:
         if key in over:
             e = over[key]
-            lines.append(f"| {label} | {_ci(e['baseline'], e['baseline_ci'])} | {_ci(e['fine_tuned'], e['fine_tuned_ci'])} "
-                         f"| {_ci(e['change'], e['change_ci'], True)} | {MARKS[e['verdict']]} {e['verdict'] or '—'} |".replace("|  ", "| "))
+            row = (f"| {label} | {ci_text(e['baseline'], e['baseline_ci'])} | {ci_text(e['fine_tuned'], e['fine_tuned_ci'])} "
+                   f"| {ci_text(e['change'], e['change_ci'], True)} | {MARKS[e['verdict']]} {e['verdict'] or '—'} |")
+            lines.append(row.replace("|  ", "| "))
         elif base["overall"].get(key) is not None or tuned["overall"].get(key) is not None:
             b, t = base["overall"].get(key), tuned["overall"].get(key)
             change = "n/a" if b is None or t is None else f"{t - b:+.3f}"
@@ -191,20 +147,16 @@ def render_table(base: dict, tuned: dict, paired: dict[str, Any]) -> str:
 
 def render_chart(tuned: dict, paired: dict[str, Any], path: Path) -> None:
     """One panel per metric: baseline and fine-tuned means with 95 % intervals, overall and per slice."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
     groups = [("overall", paired["overall"])] + [(name, m) for by in ("per_origin", "per_persona") for name, m in paired[by].items()]
     keys = [k for k in CHART_METRICS if k in paired["overall"]]
     labels = {k: lab for k, lab, _ in METRIC_ROWS}
     cols = 3
     rows = (len(keys) + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.4 * rows), squeeze=False)
+    # A bare Figure (no pyplot): no GUI backend, no global figure state to close.
+    fig = Figure(figsize=(4.6 * cols, 3.4 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
     x = np.arange(len(groups))
-    for ax, key in zip(axes.flat, keys):
+    for ax, key in zip(axes.flat, keys, strict=False):  # spare panels (more axes than metrics) are switched off below
         for side, dx, color in (("baseline", -0.2, "#9aa5b1"), ("fine_tuned", 0.2, "#2f6fb3")):
             es = [m.get(key) for _, m in groups]
             mean = np.array([e[side] if e else np.nan for e in es])
@@ -226,36 +178,24 @@ def render_chart(tuned: dict, paired: dict[str, Any], path: Path) -> None:
                  "(bars: 95 % intervals; ✓/✗: the paired change excludes 0)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 # --------------------------------------------------------------------------- TRAINING_LOG.md
 
 
-def _run_facts(cfg: Config, run_dir: Path, tuned: dict) -> dict:
-    """Epochs and data sizes of the run (its saved config and summary when present)."""
-    epochs: Any = cfg.train.epochs
-    saved = run_dir / "config.yaml"
-    if saved.is_file():
-        try:
-            epochs = (yaml.safe_load(saved.read_text()) or {}).get("train", {}).get("epochs", epochs)
-        except yaml.YAMLError:
-            pass
-    summary = run_dir / "train_summary.json"
-    if summary.is_file():
-        try:
-            epochs = json.loads(summary.read_text()).get("epochs", epochs)
-        except json.JSONDecodeError:
-            pass
-    return {"epochs": epochs, "train": tuned.get("train_set", {}).get("n_records"), "eval": tuned["eval_set"]["n_evaluated"]}
+def _run_facts(cfg: Config, run: RunDir, tuned: dict) -> dict:
+    """Epochs (from the run's training summary) and data sizes of the run."""
+    summary = read_json(run.train_summary, written_by="make train")
+    return {"epochs": summary.get("epochs", cfg.train.epochs), "train": tuned.get("train_set", {}).get("n_records"),
+            "eval": tuned["eval_set"]["n_evaluated"]}
 
 
-def log_row(cfg: Config, run_dir: Path, tuned: dict, paired: dict[str, Any]) -> str:
-    facts = _run_facts(cfg, run_dir, tuned)
+def log_row(cfg: Config, run: RunDir, tuned: dict, paired: dict[str, Any]) -> str:
+    facts = _run_facts(cfg, run, tuned)
     try:
-        run_label = str(run_dir.resolve().relative_to(cfg.resolve(cfg.paths.training_log).resolve().parent))
+        run_label = str(run.path.resolve().relative_to(cfg.resolve(cfg.paths.training_log).resolve().parent))
     except ValueError:
-        run_label = str(run_dir)
+        run_label = str(run.path)
     epochs = facts["epochs"]
     cont = tuned["eval_set"].get("containment")
     eval_set = f"`{tuned['eval_set']['sha256'][:8]}`" + (
@@ -299,36 +239,34 @@ def append_log_row(log_path: Path, row: str, run_key: str) -> None:
 # --------------------------------------------------------------------------- stage
 
 
-def compare(cfg: Config, run_dir: Path) -> dict:
+def compare(cfg: Config, run: RunDir) -> dict:
     """Write ``run/compare/`` (comparison.md, comparison.png, comparison.json) and the TRAINING_LOG row."""
-    from persona_pipeline.stages.eval import EVAL_DIR
-
-    run_dir = Path(run_dir)
-    tuned_dir = run_dir / EVAL_DIR["run"]
-    base_dir = baseline_dir(cfg, run_dir)
-    tuned, tuned_preds = _load_eval(cfg, tuned_dir, "fine-tuned", f"run `make eval RUN={run_dir.name}` first")
-    base, base_preds = _load_eval(cfg, base_dir, "baseline", f"run `make eval-baseline RUN={run_dir.name}` first")
-    _check_same_set(base, tuned, base_dir, tuned_dir)
+    tuned_dir = run.eval
+    base_dir = baseline_eval_dir(cfg.outputs_dir, cfg.name, run)
+    tuned, tuned_preds = load_eval(cfg, tuned_dir, "fine-tuned", f"run `make eval RUN={run.name}` first")
+    base, base_preds = load_eval(cfg, base_dir, "baseline", f"run `make eval-baseline RUN={run.name}` first")
+    _check_same_set(base, tuned, base_dir.path, tuned_dir.path)
     paired = paired_comparison(base_preds, tuned_preds)
 
     result = {
-        "run_dir": str(run_dir),
-        "baseline_dir": str(base_dir),
+        "run_dir": str(run.path),
+        "baseline_dir": str(base_dir.path),
         "eval_set": tuned["eval_set"],
         "overall": {k: {"baseline": base["overall"].get(k), "fine_tuned": tuned["overall"].get(k)} for k, _, _ in METRIC_ROWS},
         "per_persona": {
-            n: {k: {"baseline": base["per_persona"].get(n, {}).get(k), "fine_tuned": tuned["per_persona"][n].get(k)} for k, _, _ in METRIC_ROWS}
+            n: {k: {"baseline": base["per_persona"].get(n, {}).get(k), "fine_tuned": tuned["per_persona"][n].get(k)}
+                for k, _, _ in METRIC_ROWS}
             for n in tuned["per_persona"]
         },
         "paired": paired,
     }
-    out = run_dir / COMPARE_DIR
+    out = run.compare
     with atomic_dir(out) as tmp:
         (tmp / "comparison.md").write_text(render_table(base, tuned, paired), encoding="utf-8")
         render_chart(tuned, paired, tmp / "comparison.png")
-        (tmp / "comparison.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        (tmp / run.comparison.name).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     log_path = cfg.resolve(cfg.paths.training_log)
-    row = log_row(cfg, run_dir, tuned, paired)
+    row = log_row(cfg, run, tuned, paired)
     append_log_row(log_path, row, row.split(" | ")[1])
     result["training_log"] = str(log_path)
     result["compare_dir"] = str(out)
@@ -336,10 +274,7 @@ def compare(cfg: Config, run_dir: Path) -> dict:
 
 
 def run(cfg: Config, *, run: str = "latest") -> int:
-    from persona_pipeline.core.runs import resolve_run
-
-    run_dir = resolve_run(cfg.runs_dir, run)
-    res = compare(cfg, run_dir)
+    res = compare(cfg, RunDir.resolve(cfg.runs_dir, run))
     print(f"comparison: {res['compare_dir']}/comparison.md (+ comparison.png); row added to {res['training_log']}")
     print("  baseline → fine-tuned, change [95 % interval]; ✓/✗ only when the interval excludes 0")
     slices_shown = [("overall", res["paired"]["overall"]), *res["paired"].get("per_origin", {}).items()]

@@ -1,12 +1,13 @@
 """``make demo``: every stage end to end on the tiny CPU model, then a table of what happened.
 
-Each stage runs through the same entry point as its make target (the CLI's stage
-table), in this process, so the demo exercises exactly what users run.
+Each stage runs through the same entry point as its make target (the stage table,
+with the options it declares), in this process, so the demo exercises exactly
+what users run. The key figures are read back from the files the stages wrote;
+a missing file is an error, not a blank cell.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,13 +15,15 @@ from typing import Any
 
 from persona_pipeline.core.config import Config, load_config
 from persona_pipeline.core.errors import PipelineError
+from persona_pipeline.core.runs import BUILD_INFO, DATA_STATS, RunDir, read_json
+from persona_pipeline.stages import by_name, resolve
 
 
 @dataclass
 class Step:
     stage: str
     config: str  # "train", "eval" or "baseline"
-    flags: list[str] = field(default_factory=list)
+    options: dict[str, Any] = field(default_factory=dict)  # keyword options the stage declares
     overrides: list[str] = field(default_factory=list)
     seconds: float = 0.0
     figures: str = ""
@@ -41,21 +44,17 @@ def _sibling(train_config: Path, prefix: str, suffix: str = "") -> Path:
     return path
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-
-
 def _fmt(value: Any, digits: int = 3) -> str:
     if isinstance(value, float):
         return f"{value:.{digits}f}"
     return "-" if value is None else str(value)
 
 
+DEMO_QUANT = "Q8_0"
+
+
 def plan(force: bool) -> list[Step]:
-    f = ["--force"] if force else []
+    f = {"force": force}
     return [
         Step("base-model", "train", f),
         Step("data", "train"),
@@ -66,81 +65,78 @@ def plan(force: bool) -> list[Step]:
         Step("eval", "baseline"),
         Step("eval", "eval"),
         Step("compare", "eval"),
-        Step("gguf", "train", ["--force"], ["gguf.quant=Q8_0"]),
-        Step("gguf-check", "train", [], ["gguf.quant=Q8_0"]),
-        Step("publish-hf", "train", ["--dry-run"], ["publish.repo_id=demo/personas"]),
+        Step("gguf", "train", {"force": True}, [f"gguf.quant={DEMO_QUANT}"]),
+        Step("gguf-check", "train", {}, [f"gguf.quant={DEMO_QUANT}"]),
+        Step("publish-hf", "train", {"dry_run": True}, ["publish.repo_id=demo/personas"]),
     ]
 
 
-def _figures(step: Step, cfg: Config, run_dir: Path | None) -> tuple[str, str]:
+def _figures(step: Step, cfg: Config, run: RunDir | None) -> tuple[str, str]:
     """One line of key figures and where the stage's output lies (read back from its files)."""
-    out = cfg.outputs_dir
     if step.stage == "base-model":
-        info = _read_json(cfg.resolve(cfg.model.name_or_path) / "build_info.json")
-        return (f"{info.get('parameters', 0) / 1e6:.1f}M params, vocab {info.get('vocab_size')}",
-                str(cfg.resolve(cfg.model.name_or_path)))
+        model_dir = cfg.resolve(cfg.model.name_or_path)
+        info = read_json(model_dir / BUILD_INFO, written_by="make base-model")
+        return f"{info['parameters'] / 1e6:.1f}M params, vocab {info['vocab_size']}", str(model_dir)
     if step.stage == "data":
-        stats = _read_json(cfg.resolve(cfg.generate.output_dir) / "stats.json")
-        recs = stats.get("records", {})
-        return (f"{recs.get('train', '-')} train / {recs.get('eval', '-')} eval samples",
-                str(cfg.resolve(cfg.generate.output_dir)))
-    if run_dir is None:
+        out = cfg.resolve(cfg.generate.output_dir)
+        recs = read_json(out / DATA_STATS, written_by="make data")["records"]
+        return f"{recs['train']} train / {recs['eval']} eval samples", str(out)
+    if run is None:
         return "", ""
     if step.stage == "train":
-        s = _read_json(run_dir / "train_summary.json")
-        return (f"train loss {_fmt(s.get('final_train_loss'))}, eval loss {_fmt(s.get('base_eval_loss'))} -> "
-                f"{_fmt(s.get('final_eval_loss'))}", str(run_dir))
+        s = read_json(run.train_summary, written_by="make train")
+        return (f"train loss {_fmt(s['final_train_loss'])}, eval loss {_fmt(s['base_eval_loss'])} -> "
+                f"{_fmt(s['final_eval_loss'])}", str(run.path))
     if step.stage == "merge":
-        return "", str(run_dir / "merged")
+        return "", str(run.merged)
     if step.stage == "eval":
-        sub = "eval_baseline" if step.config == "baseline" else "eval"
-        m = _read_json(run_dir / sub / "metrics.json").get("overall", {})
-        return (f"R1 {_fmt(m.get('rouge1'))} R2 {_fmt(m.get('rouge2'))} RL {_fmt(m.get('rougeL'))} "
-                f"BLEU {_fmt(m.get('bleu'))} blend {_fmt(m.get('blend_rate'))}", str(run_dir / sub))
+        folder = run.eval_baseline if step.config == "baseline" else run.eval
+        m = read_json(folder.metrics, written_by="make eval")["overall"]
+        return (f"R1 {_fmt(m['rouge1'])} R2 {_fmt(m['rouge2'])} RL {_fmt(m['rougeL'])} "
+                f"BLEU {_fmt(m['bleu'])} blend {_fmt(m['blend_rate'])}", str(folder.path))
     if step.stage == "compare":
-        return "", str(run_dir / "compare")
+        return "", str(run.compare)
     if step.stage == "gguf-check":
-        c = _read_json(run_dir / "gguf" / "check-Q8_0.json")
-        return (f"top-1 agree {_fmt(c.get('top1_agreement'))}, max |dlogit| {_fmt(c.get('max_logit_diff'), 4)}, "
-                f"greedy equal {c.get('greedy_equal', '-')}/{c.get('prompts', '-')}", str(run_dir / "gguf"))
+        c = read_json(run.gguf_check(DEMO_QUANT), written_by="make gguf-check")
+        agree = (f"top-1 agree {_fmt(c['top1_agreement'])}, max |dlogit| {_fmt(c['max_logit_diff'], 4)}, "
+                 f"greedy equal {c['greedy_equal']}/{c['prompts']}") if c["mode"] == "llama.cpp" else \
+            f"tensors only: max rel. error {c['max_rel_rms_error']:.2e}"
+        return agree, str(run.gguf)
     if step.stage == "gguf":
-        return "", str(run_dir / "gguf")
+        return "", str(run.gguf)
     if step.stage == "publish-hf":
-        return "", str(run_dir / "publish")
+        return "", str(run.publish)
     return "", ""
 
 
 def run(cfg: Config, *, force: bool = False, overrides: tuple[str, ...] = ()) -> int:
-    from persona_pipeline.cli import STAGES, _resolve, build_parser, stage_kwargs
-    from persona_pipeline.core.runs import resolve_run
-
     if cfg.source_file is None:
         raise PipelineError("demo: config has no source file")
-    overrides = list(overrides)
     configs = {
         "train": cfg.source_file,
         "eval": _sibling(cfg.source_file, "eval_"),
         "baseline": _sibling(cfg.source_file, "eval_", "_baseline"),
     }
-    stages = {s.name: s for s in STAGES}
     steps = plan(force)
-    run_dir: Path | None = None
+    run_dir: RunDir | None = None
     total = time.perf_counter()
     for i, step in enumerate(steps, 1):
-        argv = [step.stage, "--config", str(configs[step.config]), *step.flags]
-        if "run" in stages[step.stage].options:
-            argv += ["--run", str(run_dir) if run_dir else "latest"]
-        argv += overrides + step.overrides
+        stage = by_name(step.stage)
+        kwargs = dict(step.options)
+        if "run" in stage.options:
+            kwargs["run"] = str(run_dir.path) if run_dir else "latest"
+        unknown = set(kwargs) - set(stage.options)
+        if unknown:  # the plan may only use options the stage declares, as the CLI does
+            raise PipelineError(f"demo plan: {step.stage} does not take {', '.join(sorted(unknown))}")
         print(f"\n=== [{i}/{len(steps)}] {step.stage} ({configs[step.config].name}) ===", flush=True)
-        stage_args = build_parser().parse_args(argv)
-        stage_cfg = load_config(stage_args.config, stage_args.overrides)
+        stage_cfg = load_config(configs[step.config], [*overrides, *step.overrides])
         start = time.perf_counter()
-        rc = _resolve(stages[step.stage].target)(stage_cfg, **stage_kwargs(stages[step.stage], stage_args)) or 0
+        rc = resolve(stage)(stage_cfg, **kwargs) or 0
         step.seconds = time.perf_counter() - start
         if rc != 0:
             raise PipelineError(f"demo stopped: stage {step.stage} exited with {rc}")
         if step.stage == "train":
-            run_dir = resolve_run(stage_cfg.runs_dir, "latest")
+            run_dir = RunDir.resolve(stage_cfg.runs_dir, "latest")
         step.figures, step.output = _figures(step, stage_cfg, run_dir)
         print(f"[{step.stage}] {step.seconds:.1f}s  {step.figures}", flush=True)
     elapsed = time.perf_counter() - total
@@ -154,6 +150,9 @@ def _table(steps: list[Step], elapsed: float) -> str:
              for s in steps]
     rows.append(("total", f"{elapsed:.1f}s", "", ""))
     widths = [max(len(r[c]) for r in rows) for c in range(4)]
-    line = lambda r: "  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip()  # noqa: E731
+
+    def line(r: tuple[str, ...]) -> str:
+        return "  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip()
+
     sep = "  ".join("-" * w for w in widths)
     return "\n" + "\n".join([line(rows[0]), sep, *map(line, rows[1:-1]), sep, line(rows[-1])])

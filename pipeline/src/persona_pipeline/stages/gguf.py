@@ -1,352 +1,22 @@
-"""Stage ``gguf``: convert a run's merged model to one GGUF file, in-process, with the ``gguf`` package.
+"""Stage ``gguf``: export a run's merged model to ``run/gguf/<name>-<QUANT>.gguf`` and write the
+Ollama Modelfiles beside it (:mod:`persona_pipeline.export.gguf_convert`, :mod:`persona_pipeline.export.modelfile`).
 
-Tensors are streamed one at a time (safetensors -> numpy -> quantized -> file),
-so memory stays near one tensor. Names follow llama.cpp; q/k projections are
-permuted into llama.cpp's rotary layout (without it the file loads and the
-model is wrong). F32/F16/BF16/Q8_0/Q4_0/Q4_1/Q5_0/Q5_1 are quantized in numpy;
-K-quants go through llama.cpp's quantizer (see :mod:`llamacpp`).
+A file newer than every file of ``merged/`` is reused unless ``--force``; ``export-<QUANT>.json``
+records what was written (tensor types, fallbacks, size, seconds).
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
-import math
-import os
-import tempfile
-import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
 
 from persona_pipeline.core.config import Config
-from persona_pipeline.core.errors import PipelineError
 from persona_pipeline.core.fsutil import atomic_write_json
-from persona_pipeline.export.gguf_vocab import VocabMetadata, add_to_writer, read_vocab
-from persona_pipeline.core.runs import resolve_run
+from persona_pipeline.core.runs import RunDir
+from persona_pipeline.export.gguf_convert import NUMPY_QUANTS, convert, export_kquant, normalize_quant
+from persona_pipeline.export.modelfile import write_modelfiles
 
 log = logging.getLogger(__name__)
-
-NUMPY_QUANTS = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1")
-K_QUANTS = ("Q2_K", "Q3_K_S", "Q3_K_M", "Q3_K_L", "Q4_K_S", "Q4_K_M", "Q5_K_S", "Q5_K_M", "Q6_K")
-# HF architectures written as llama.cpp's "llama" graph (Mistral is Llama with another tokenizer).
-LLAMA_ARCHS = ("LlamaForCausalLM", "MistralForCausalLM")
-
-
-@dataclass
-class _Planned:
-    hf_name: str
-    gguf_name: str
-    shape: tuple[int, ...]
-    qtype: Any  # gguf.GGMLQuantizationType
-
-
-def gguf_path(cfg: Config, run_dir: Path, quant: str) -> Path:
-    return Path(run_dir) / "gguf" / f"{cfg.name}-{quant}.gguf"
-
-
-def normalize_quant(quant: str, *, auto_install: bool = False) -> str:
-    """Upper-case and check a quant name. K-quants need llama.cpp's quantizer: installed here when
-    ``auto_install`` (llama-cpp-python, a ~10 min compile, announced), else a clear error."""
-    from persona_pipeline.export.llamacpp import ensure_quantizer, kquant_hint
-
-    q = quant.strip().upper()
-    if q in NUMPY_QUANTS:
-        return q
-    supported = ", ".join(NUMPY_QUANTS)
-    if q in K_QUANTS:
-        if ensure_quantizer(auto_install) is None:
-            raise PipelineError(
-                f"QUANT={q} is a K-quant; it needs llama.cpp's quantizer, which is not available here. "
-                f"Supported without it: {supported}",
-                hint=kquant_hint(),
-            )
-        return q
-    raise PipelineError(
-        f"unsupported GGUF type QUANT={quant!r}. Supported: {supported}; "
-        f"with llama.cpp's quantizer also {', '.join(K_QUANTS)}",
-        hint="e.g. make gguf QUANT=Q8_0",
-    )
-
-
-# --------------------------------------------------------------------------- reading the HF folder
-
-
-def read_hf_config(model_dir: Path) -> dict[str, Any]:
-    path = Path(model_dir) / "config.json"
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise PipelineError(f"{path} not found: not a Hugging Face model folder") from None
-    except json.JSONDecodeError as exc:
-        raise PipelineError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from None
-
-
-@contextlib.contextmanager
-def open_weights(model_dir: Path) -> Iterator[dict[str, Any]]:
-    """``{tensor name: safe_open handle}`` over model.safetensors or a sharded index."""
-    from safetensors import safe_open
-
-    model_dir = Path(model_dir)
-    index = model_dir / "model.safetensors.index.json"
-    if index.is_file():
-        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-    elif (model_dir / "model.safetensors").is_file():
-        files = ["model.safetensors"]
-    else:
-        raise PipelineError(
-            f"{model_dir}: no model.safetensors (or sharded index); the exporter reads safetensors only",
-            hint="re-run `make merge` (it saves with safe_serialization)",
-        )
-    with contextlib.ExitStack() as stack:
-        handles: dict[str, Any] = {}
-        for name in files:
-            try:
-                fh = stack.enter_context(safe_open(str(model_dir / name), framework="pt"))
-            except Exception as exc:  # truncated / not safetensors
-                raise PipelineError(f"{model_dir / name}: cannot read weights ({exc})") from None
-            for key in fh.keys():
-                handles[key] = fh
-        yield handles
-
-
-def _rope(hf: dict[str, Any]) -> tuple[float, dict[str, Any]]:
-    """(rope_theta, scaling dict) from transformers 5 ``rope_parameters`` or the older keys."""
-    params = dict(hf.get("rope_parameters") or {})
-    theta = params.get("rope_theta", hf.get("rope_theta", 10000.0))
-    scaling = dict(hf.get("rope_scaling") or {})
-    scaling.update({k: v for k, v in params.items() if k != "rope_theta"})
-    scaling["rope_type"] = scaling.get("rope_type", scaling.get("type", "default")) or "default"
-    return float(theta), scaling
-
-
-def llama3_rope_factors(theta: float, head_dim: int, scaling: dict[str, Any]):
-    """Per-frequency factors of Llama 3.1 rope scaling, stored as ``rope_freqs.weight`` (as llama.cpp does)."""
-    import numpy as np
-
-    factor = scaling.get("factor", 8.0)
-    low, high = scaling.get("low_freq_factor", 1.0), scaling.get("high_freq_factor", 4.0)
-    old_ctx = scaling.get("original_max_position_embeddings", 8192)
-    low_wavelen, high_wavelen = old_ctx / low, old_ctx / high
-    out = []
-    for i in range(0, head_dim, 2):
-        wavelen = 2 * math.pi * theta ** (i / head_dim)
-        if wavelen < high_wavelen:
-            out.append(1.0)
-        elif wavelen > low_wavelen:
-            out.append(factor)
-        else:
-            smooth = (old_ctx / wavelen - low) / (high - low)
-            out.append(1 / ((1 - smooth) / factor + smooth))
-    return np.asarray(out, dtype=np.float32)
-
-
-def permute_qk(w, n_head: int):
-    """HF's rotate-half layout -> llama.cpp's interleaved pairs, per head (weights or biases)."""
-    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
-
-
-# --------------------------------------------------------------------------- writing
-
-
-def _qtype_for(quant: str, shape: tuple[int, ...]):
-    """Tensor type: 1-D (norms) stay F32; rows not divisible by the block size fall back to F16."""
-    import gguf
-
-    if len(shape) == 1 or quant == "F32":
-        return gguf.GGMLQuantizationType.F32
-    qtype = gguf.GGMLQuantizationType[quant]
-    block, _ = gguf.GGML_QUANT_SIZES[qtype]
-    if shape[-1] % block:
-        return gguf.GGMLQuantizationType.F16
-    return qtype
-
-
-def _encode(array, qtype):
-    """numpy float32 -> (bytes-like array, shape for add_tensor_info, numpy dtype)."""
-    import gguf
-    import numpy as np
-
-    if qtype == gguf.GGMLQuantizationType.F32:
-        return np.ascontiguousarray(array, dtype=np.float32)
-    if qtype == gguf.GGMLQuantizationType.F16:
-        return np.ascontiguousarray(array, dtype=np.float16)
-    return gguf.quants.quantize(np.ascontiguousarray(array, dtype=np.float32), qtype)
-
-
-def _info_shape(shape: tuple[int, ...], qtype) -> tuple[tuple[int, ...], Any, int]:
-    """(shape, numpy dtype, nbytes) as GGUFWriter.add_tensor_info wants them, without the data."""
-    import gguf
-    import numpy as np
-
-    if qtype == gguf.GGMLQuantizationType.F32:
-        return shape, np.dtype(np.float32), 4 * math.prod(shape)
-    if qtype == gguf.GGMLQuantizationType.F16:
-        return shape, np.dtype(np.float16), 2 * math.prod(shape)
-    byte_shape = gguf.quants.quant_shape_to_byte_shape(shape, qtype)
-    return byte_shape, np.dtype(np.uint8), math.prod(byte_shape)
-
-
-def _add_hparams(writer, hf: dict[str, Any], n_vocab: int, head_dim: int, theta: float, scaling: dict[str, Any]) -> None:
-    """``llama.*`` architecture keys: sizes, heads, norms, rope."""
-    import gguf
-
-    writer.add_vocab_size(n_vocab)
-    writer.add_context_length(hf.get("max_position_embeddings", 2048))
-    writer.add_embedding_length(hf["hidden_size"])
-    writer.add_block_count(hf["num_hidden_layers"])
-    writer.add_feed_forward_length(hf["intermediate_size"])
-    writer.add_head_count(hf["num_attention_heads"])
-    writer.add_head_count_kv(hf.get("num_key_value_heads") or hf["num_attention_heads"])
-    writer.add_layer_norm_rms_eps(hf.get("rms_norm_eps", 1e-5))
-    writer.add_rope_freq_base(theta)
-    writer.add_rope_dimension_count(head_dim)
-    writer.add_key_length(head_dim)
-    writer.add_value_length(head_dim)
-    if scaling["rope_type"] == "linear":
-        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
-        writer.add_rope_scaling_factor(scaling["factor"])
-
-
-def convert(
-    model_dir: Path,
-    out_path: Path,
-    quant: str,
-    *,
-    name: str = "model",
-    metadata: dict[str, str] | None = None,
-    vocab: VocabMetadata | None = None,
-    permute: bool = True,
-    progress: bool = True,
-) -> dict[str, Any]:
-    """Write ``out_path`` (atomically) from a Hugging Face Llama folder. numpy quant types only.
-
-    ``vocab`` and ``permute`` exist so tests can reproduce the known export mistakes.
-    Returns a summary: tensor types, fallbacks, size, seconds.
-    """
-    import gguf
-    from tqdm.auto import tqdm
-
-    start = time.perf_counter()
-    model_dir, out_path = Path(model_dir), Path(out_path)
-    if quant not in NUMPY_QUANTS:
-        raise PipelineError(f"convert() writes {', '.join(NUMPY_QUANTS)}; got {quant}")
-    hf = read_hf_config(model_dir)
-    archs = hf.get("architectures") or []
-    if not any(a in LLAMA_ARCHS for a in archs):
-        raise PipelineError(
-            f"{model_dir}/config.json: architecture {archs or '?'} is not supported by the in-process exporter "
-            f"(supported: {', '.join(LLAMA_ARCHS)})",
-            hint="convert it with llama.cpp's convert_hf_to_gguf.py, then `make gguf-check INPUT=file.gguf`",
-        )
-    n_layer, n_head = hf["num_hidden_layers"], hf["num_attention_heads"]
-    n_head_kv = hf.get("num_key_value_heads") or n_head
-    head_dim = hf.get("head_dim") or hf["hidden_size"] // n_head
-    theta, scaling = _rope(hf)
-    rope_type = scaling["rope_type"]
-    if rope_type not in ("default", "linear", "llama3"):
-        raise PipelineError(
-            f"{model_dir}/config.json: rope scaling '{rope_type}' is not supported by the in-process exporter",
-            hint="use llama.cpp's convert_hf_to_gguf.py for this model",
-        )
-    tensor_map = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, n_layer)
-
-    with open_weights(model_dir) as handles:
-        embed = handles.get("model.embed_tokens.weight")
-        if embed is None:
-            raise PipelineError(f"{model_dir}: no model.embed_tokens.weight; not a Llama checkpoint")
-        n_vocab = embed.get_slice("model.embed_tokens.weight").get_shape()[0]
-        vocab = vocab or read_vocab(model_dir, n_vocab)
-
-        plan: list[_Planned] = []
-        for hf_name in handles:
-            if hf_name.endswith("rotary_emb.inv_freq"):
-                continue  # recomputed by llama.cpp
-            mapped = tensor_map.get_name(hf_name, try_suffixes=(".weight", ".bias"))
-            if mapped is None:
-                raise PipelineError(f"{model_dir}: tensor {hf_name} has no llama.cpp counterpart")
-            shape = tuple(handles[hf_name].get_slice(hf_name).get_shape())
-            plan.append(_Planned(hf_name, mapped, shape, _qtype_for(quant, shape)))
-        # llama.cpp expects token_embd first and blocks in order; sort like its converter for stable files.
-        plan.sort(key=lambda p: _order(p.gguf_name))
-
-        ftype = gguf.LlamaFileType.ALL_F32 if quant == "F32" else gguf.LlamaFileType[f"MOSTLY_{quant}"]
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".tmp", dir=out_path.parent)
-        os.close(fd)
-        tmp = Path(tmp_name)
-        writer = gguf.GGUFWriter(tmp, gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA])
-        try:
-            writer.add_type("model")
-            writer.add_name(name)
-            n_params = sum(math.prod(p.shape) for p in plan)
-            writer.add_size_label(gguf.utility.size_label(n_params, n_params, 0, 0))
-            for key, value in (metadata or {}).items():
-                writer.add_string(key, value)
-            writer.add_file_type(int(ftype))
-            writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-            _add_hparams(writer, hf, n_vocab, head_dim, theta, scaling)
-            add_to_writer(writer, vocab)
-
-            extra: dict[str, Any] = {}
-            if rope_type == "llama3":
-                extra["rope_freqs.weight"] = llama3_rope_factors(theta, head_dim, scaling)
-            for gname, arr in extra.items():
-                shape, dtype, nbytes = _info_shape(arr.shape, gguf.GGMLQuantizationType.F32)
-                writer.add_tensor_info(gname, shape, dtype, nbytes)
-            for p in plan:
-                shape, dtype, nbytes = _info_shape(p.shape, p.qtype)
-                writer.add_tensor_info(p.gguf_name, shape, dtype, nbytes, raw_dtype=p.qtype)
-            writer.write_header_to_file(tmp)
-            writer.write_kv_data_to_file()
-            writer.write_ti_data_to_file()
-            for arr in extra.values():
-                writer.write_tensor_data(arr)
-            for p in tqdm(plan, desc=f"gguf {quant}", unit="tensor", disable=not progress, leave=False):
-                data = handles[p.hf_name].get_tensor(p.hf_name).float().numpy()
-                if permute and p.hf_name.endswith(("q_proj.weight", "q_proj.bias")):
-                    data = permute_qk(data, n_head)
-                elif permute and p.hf_name.endswith(("k_proj.weight", "k_proj.bias")):
-                    data = permute_qk(data, n_head_kv)
-                writer.write_tensor_data(_encode(data, p.qtype))
-            writer.close()
-            os.chmod(tmp, 0o644)  # mkstemp creates 0600; a model file is not a secret
-            os.replace(tmp, out_path)
-        except BaseException:
-            writer.close()
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-            raise
-    types: dict[str, int] = {}
-    for p in plan:
-        types[p.qtype.name] = types.get(p.qtype.name, 0) + 1
-    fallbacks = [p.gguf_name for p in plan if len(p.shape) > 1 and p.qtype.name not in (quant, "F32")]
-    if fallbacks:
-        log.warning("%d tensor(s) kept in F16 (row width not a multiple of the %s block): %s",
-                    len(fallbacks), quant, ", ".join(fallbacks[:4]) + (" ..." if len(fallbacks) > 4 else ""))
-    return {
-        "quant": quant,
-        "file": out_path.name,
-        "bytes": out_path.stat().st_size,
-        "seconds": round(time.perf_counter() - start, 3),
-        "tensor_types": types,
-        "f16_fallback": fallbacks,
-        "tokenizer": {"model": vocab.model, "pre": vocab.pre, "tokens": len(vocab.tokens), "merges": len(vocab.merges)},
-        "n_vocab": int(n_vocab),
-        "permuted_qk": permute,
-    }
-
-
-def _order(gguf_name: str) -> tuple[int, int, str]:
-    if gguf_name.startswith("token_embd"):
-        return (0, 0, gguf_name)
-    if gguf_name.startswith("blk."):
-        return (1, int(gguf_name.split(".")[1]), gguf_name)
-    return (2, 0, gguf_name)
-
-
-# --------------------------------------------------------------------------- the stage
 
 
 def _up_to_date(out: Path, merged: Path) -> bool:
@@ -356,18 +26,15 @@ def _up_to_date(out: Path, merged: Path) -> bool:
     return out.stat().st_mtime >= newest
 
 
-def export_gguf(cfg: Config, run_dir: Path, quant: str | None = None, *, force: bool = False) -> Path:
-    """Export ``run_dir/merged`` to ``run_dir/gguf/<name>-<QUANT>.gguf`` plus its Modelfile(s)."""
-    from persona_pipeline.stages import ollama_create as ollama
-    from persona_pipeline.stages.merge import merged_dir
-
-    quant = normalize_quant(quant or cfg.gguf.quant, auto_install=cfg.gguf.auto_install)
-    merged = merged_dir(run_dir)
-    out = gguf_path(cfg, run_dir, quant)
-    info_path = out.parent / f"export-{quant}.json"
+def export_gguf(cfg: Config, run: RunDir, quant: str | None = None, *, force: bool = False) -> Path:
+    """Export ``run/merged`` to ``run/gguf/<name>-<QUANT>.gguf`` plus its Modelfile(s)."""
+    quant = normalize_quant(quant or cfg.gguf.quant)
+    merged = run.require_merged()
+    out = run.gguf_file(cfg.name, quant)
+    info_path = run.gguf_export_info(quant)
     if not force and _up_to_date(out, merged) and info_path.is_file():
         log.info("%s is up to date (FORCE=1 re-exports)", out)
-        ollama.write_modelfiles(cfg, out)
+        write_modelfiles(cfg, out)
         return out
     metadata = {"general.finetune": "persona", "general.base_model.0.name": cfg.model.name_or_path}
     if cfg.model.license_note:
@@ -375,51 +42,15 @@ def export_gguf(cfg: Config, run_dir: Path, quant: str | None = None, *, force: 
     if quant in NUMPY_QUANTS:
         info = convert(merged, out, quant, name=f"{cfg.name}-persona", metadata=metadata)
     else:
-        info = _export_kquant(cfg, merged, out, quant, metadata)
+        info = export_kquant(f"{cfg.name}-persona", merged, out, quant, metadata)
     atomic_write_json(info_path, info)
-    ollama.write_modelfiles(cfg, out)
+    write_modelfiles(cfg, out)
     log.info("wrote %s (%.1f MB, %.1fs)", out, info["bytes"] / 1e6, info["seconds"])
     return out
 
 
-def _export_kquant(cfg: Config, merged: Path, out: Path, quant: str, metadata: dict[str, str]) -> dict[str, Any]:
-    """K-quants: a full-precision GGUF first, then llama.cpp's quantizer; the intermediate is removed."""
-    from persona_pipeline.export.llamacpp import quantize
-
-    start = time.perf_counter()
-    src_dtype = str(read_hf_config(merged).get("dtype") or read_hf_config(merged).get("torch_dtype") or "")
-    inter_quant = "BF16" if src_dtype == "bfloat16" else ("F32" if src_dtype == "float32" else "F16")
-    inter = out.with_name(f".{out.stem}.{inter_quant}.intermediate.gguf")
-    try:
-        base = convert(merged, inter, inter_quant, name=f"{cfg.name}-persona", metadata=metadata)
-        tool = quantize(inter, out, quant)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            inter.unlink()
-    base.update(
-        quant=quant,
-        file=out.name,
-        bytes=out.stat().st_size,
-        seconds=round(time.perf_counter() - start, 3),
-        intermediate=inter_quant,
-        quantizer=tool,
-        tensor_types=_tensor_types(out),
-    )
-    return base
-
-
-def _tensor_types(path: Path) -> dict[str, int]:
-    import gguf
-
-    types: dict[str, int] = {}
-    for t in gguf.GGUFReader(path).tensors:
-        types[t.tensor_type.name] = types.get(t.tensor_type.name, 0) + 1
-    return types
-
-
 def run(cfg: Config, *, run: str = "latest", force: bool = False) -> int:
-    run_dir = resolve_run(cfg.runs_dir, run)
-    out = export_gguf(cfg, run_dir, force=force)
+    out = export_gguf(cfg, RunDir.resolve(cfg.runs_dir, run), force=force)
     print(f"GGUF: {out}")
     print(f"Modelfile: {out.parent / 'Modelfile'}")
     print("next: make gguf-check (compare with transformers), make ollama-create")

@@ -8,32 +8,14 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from persona_pipeline.core.crypto import ENC_SUFFIX, KEY_ENV, decrypt_file, encrypt_bytes, load_key, write_key_file
+from persona_pipeline.core.config import Config
+from persona_pipeline.core.crypto import ENC_SUFFIX, KEY_ENV, data_key, decrypt_file, encrypt_bytes, ensure_key, write_key_file
 from persona_pipeline.core.errors import DataError, PipelineError
 from persona_pipeline.core.fsutil import atomic_write_bytes
 from persona_pipeline.core.records import parse_jsonl
 
-if TYPE_CHECKING:  # pragma: no cover
-    from persona_pipeline.core.config import Config
-
 PLAINTEXT_DIR = "data/plaintext"
-
-
-def data_key(cfg: Config) -> bytes:
-    """The data key from $PERSONA_DATA_KEY or the configured key file (never created here)."""
-    return load_key(cfg.resolve(cfg.data.key_file))
-
-
-def ensure_key(cfg: Config) -> bytes:
-    """The data key; creates the key file (mode 0600) first when neither it nor $PERSONA_DATA_KEY exists."""
-    path = cfg.resolve(cfg.data.key_file)
-    if not os.environ.get(KEY_ENV) and not path.exists():
-        write_key_file(path)
-        print(f"notice: created a new data key at {path} (mode 0600, git-ignored); keep it: "
-              "the encrypted datasets cannot be read without it", file=sys.stderr)
-    return load_key(path)
 
 
 def keygen(cfg: Config, *, force: bool = False) -> int:
@@ -88,7 +70,7 @@ def decrypt(cfg: Config, *, input: str | None = None, output: str | None = None)
         targets = [folder / src.name[: -len(ENC_SUFFIX)] for src, _ in plain]
     print("WARNING: writing PLAINTEXT private data to disk. It is git-ignored under data/plaintext/;", file=sys.stderr)
     print("WARNING: delete it when done (rm -r data/plaintext) and never commit or share it.", file=sys.stderr)
-    for (src, data), dest in zip(plain, targets):
+    for (src, data), dest in zip(plain, targets, strict=True):
         atomic_write_bytes(dest, data, mode=0o600)
         print(f"decrypted {src} -> {dest}")
     return 0

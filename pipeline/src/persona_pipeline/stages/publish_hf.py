@@ -16,10 +16,13 @@ import re
 import shutil
 from pathlib import Path
 
+from huggingface_hub import HfApi, get_token
+
 from persona_pipeline.core.config import Config
 from persona_pipeline.core.errors import ConfigError, PipelineError
 from persona_pipeline.core.fsutil import atomic_dir, atomic_write_text
-from persona_pipeline.core.runs import resolve_run
+from persona_pipeline.core.runs import RunDir
+from persona_pipeline.export.model_card import build_model_card
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +55,6 @@ def hub_token() -> str | None:
     token = os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")
     if token:
         return token
-    from huggingface_hub import get_token
-
     return get_token()
 
 
@@ -94,31 +95,27 @@ def _select(folder: Path, patterns: tuple[str, ...]) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and _matches(p.name, patterns))
 
 
-def stage_publish(cfg: Config, run_dir: Path, dry_run: bool = True, *, repo_id: str | None = None) -> Path:
+def stage_publish(cfg: Config, run_dir: RunDir, dry_run: bool = True, *, repo_id: str | None = None) -> Path:
     """Build ``run/publish/<subfolder>/``: the exact folder that is uploaded. Returns its path."""
-    from persona_pipeline.stages.merge import adapter_dir, merged_dir
-    from persona_pipeline.export.model_card import build_model_card
-
-    run_dir = Path(run_dir)
     repo_id = check_repo_id(repo_id or cfg.publish.repo_id)
     subfolder = subfolder_for(cfg)
     artifact = cfg.publish.artifact
     if artifact == "merged":
-        source = merged_dir(run_dir)
+        source = run_dir.require_merged()
         files = _select(source, MODEL_FILES + TOKENIZER_FILES)
     else:
-        source = adapter_dir(run_dir)
+        source = run_dir.require_adapter()
         files = _select(source, ADAPTER_FILES + TOKENIZER_FILES)
     gguf_files: list[Path] = []
     extra: list[Path] = []
-    if cfg.publish.include_gguf and (run_dir / "gguf").is_dir():
-        extra = _select(run_dir / "gguf", GGUF_FILES)
+    if cfg.publish.include_gguf and run_dir.gguf.is_dir():
+        extra = _select(run_dir.gguf, GGUF_FILES)
         gguf_files = [p for p in extra if p.suffix == ".gguf"]
         if not gguf_files:
-            log.warning("publish.include_gguf is set but %s holds no GGUF (run `make gguf`)", run_dir / "gguf")
+            log.warning("publish.include_gguf is set but %s holds no GGUF (run `make gguf`)", run_dir.gguf)
             extra = []
     card = build_model_card(cfg, run_dir, repo_id=repo_id, subfolder=subfolder, artifact=artifact, gguf_files=gguf_files)
-    out = run_dir / "publish" / subfolder
+    out = run_dir.publish / subfolder
     with atomic_dir(out) as tmp:
         for f in files:
             _place(f, tmp / f.name)
@@ -138,8 +135,6 @@ def describe(folder: Path) -> tuple[list[tuple[str, int]], int]:
 
 
 def upload(cfg: Config, folder: Path, repo_id: str, token: str, run_name: str) -> str:
-    from huggingface_hub import HfApi
-
     subfolder = subfolder_for(cfg)
     api = HfApi(token=token)
     try:
@@ -168,7 +163,7 @@ def run(cfg: Config, *, run: str = "latest", dry_run: bool = False) -> int:
                 "no Hugging Face token: HF_TOKEN is not set and `huggingface-cli login` was not run",
                 hint="export HF_TOKEN=hf_... (a token with write access), or run with DRY_RUN=1 to only stage",
             )
-    run_dir = resolve_run(cfg.runs_dir, run)
+    run_dir = RunDir.resolve(cfg.runs_dir, run)
     folder = stage_publish(cfg, run_dir, dry_run=dry_run, repo_id=repo_id)
     files, total = describe(folder)
     target = f"{repo_id}/{subfolder_for(cfg)}"

@@ -14,18 +14,15 @@ from __future__ import annotations
 
 import sys
 import textwrap
-from typing import TYPE_CHECKING
 
+from persona_pipeline.core.config import Config
+from persona_pipeline.core.crypto import ensure_key
 from persona_pipeline.core.errors import PipelineError
+from persona_pipeline.data.dataset import make_drafts
 from persona_pipeline.data.personas import load_personas
 from persona_pipeline.data.review import decide, load_decisions, needs_review, sample_id, save_decisions
 from persona_pipeline.data.transcripts import ingest_all
 from persona_pipeline.data.writer import ModelWriter
-from persona_pipeline.stages.data import make_drafts
-from persona_pipeline.stages.keys import ensure_key
-
-if TYPE_CHECKING:  # pragma: no cover
-    from persona_pipeline.core.config import Config
 
 KEYS = {"a": "accept", "r": "reject", "e": "edit", "s": "skip", "q": "quit"}
 PROMPT = "[a]ccept  [r]eject  [e]dit  [s]kip  [q]uit > "

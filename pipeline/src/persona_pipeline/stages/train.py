@@ -1,14 +1,8 @@
 """Stage ``train``: LoRA / QLoRA fine-tuning with the transformers ``Trainer`` and peft.
 
-A run lives in ``outputs/runs/<timestamp>/``::
-
-    config.yaml          resolved config (secrets redacted)
-    train.log            what the console showed (metrics, warnings, the summary)
-    logs/                TensorBoard: loss, learning_rate, grad_norm, tokens_per_second, eval_loss
-    checkpoints/         checkpoint-N/ (adapter, optimizer, scheduler, RNG states, trainer state)
-    adapter/             the final LoRA adapter + tokenizer
-    base_eval.json       eval loss of the base model, measured before the first step
-    train_summary.json   losses per epoch, tokens, time, samples
+A run lives in ``outputs/runs/<timestamp>/``; training writes ``config.yaml``, ``train.log``,
+``logs/`` (TensorBoard), ``checkpoints/``, ``base_eval.json``, ``adapter/`` and
+``train_summary.json`` (the layout is :class:`~persona_pipeline.core.runs.RunDir`).
 
 Every input (model, key, data) is checked before the run folder is created, so a bad
 input never switches ``runs/latest`` to a broken run. ``resume`` continues a run from
@@ -20,25 +14,34 @@ seeded length-grouped order and the Trainer gives each rank its own share of bat
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import torch
+import transformers
+import yaml
+from accelerate import PartialState
+from accelerate.utils import broadcast_object_list
+from transformers import TrainingArguments, set_seed
+from transformers.integrations import TensorBoardCallback
 
 from persona_pipeline.core.config import Config, dump_config
 from persona_pipeline.core.errors import PipelineError
 from persona_pipeline.core.fsutil import atomic_dir, atomic_write_json, atomic_write_text
-from persona_pipeline.core.runs import mark_latest, new_run_dir, resolve_run
+from persona_pipeline.core.modeling import build_peft_model, ensure_available, load_tokenizer, quantization_config, resolve_dtype
+from persona_pipeline.core.runs import RunDir, mark_latest, new_run_dir, read_json
+from persona_pipeline.training.callbacks import LogLines, PersonaTrainer, StopOnSignal, use_quiet_progress
+from persona_pipeline.training.collate import TokenizedDataset, make_collator
+from persona_pipeline.training.tokenized import TokenizedSplit, load_tokenized
 
 log = logging.getLogger(__name__)
 
 RUN_NAME_ENV = "PERSONA_RUN_NAME"
-# Test hook: each rank writes the sample indices it trained on and the files it wrote here.
-TRACE_ENV = "PERSONA_TRAIN_TRACE_DIR"
-CHECKPOINTS = "checkpoints"
 TRAINER_STATE = "trainer_state.json"
 
 
@@ -51,79 +54,45 @@ class TrainingInterrupted(PipelineError):
 # --------------------------------------------------------------------------- checkpoints
 
 
-def complete_checkpoints(run_dir: Path) -> list[Path]:
+def complete_checkpoints(run: RunDir) -> list[Path]:
     """Checkpoints of a run, oldest first; one killed mid-save (no trainer_state.json) is skipped."""
-    folder = run_dir / CHECKPOINTS
-    if not folder.is_dir():
+    if not run.checkpoints.is_dir():
         return []
     found = []
-    for p in folder.iterdir():
+    for p in run.checkpoints.iterdir():
         step = p.name.removeprefix("checkpoint-")
         if p.is_dir() and step.isdigit() and (p / TRAINER_STATE).is_file():
             found.append((int(step), p))
     return [p for _, p in sorted(found)]
 
 
-def last_checkpoint(run_dir: Path) -> Path:
-    """The newest complete checkpoint of ``run_dir``, or a PipelineError saying there is none."""
-    ckpts = complete_checkpoints(run_dir)
+def last_checkpoint(run: RunDir) -> Path:
+    """The newest complete checkpoint of ``run``, or a PipelineError saying there is none."""
+    ckpts = complete_checkpoints(run)
     if not ckpts:
         raise PipelineError(
-            f"cannot resume {run_dir}: it has no complete checkpoint under {run_dir / CHECKPOINTS}",
+            f"cannot resume {run.path}: it has no complete checkpoint under {run.checkpoints}",
             hint="start a new run with `make train` (without RESUME); checkpoints are written every "
             "train.save_steps steps, or at each epoch end when it is null",
         )
     return ckpts[-1]
 
 
-def _drop_partial_checkpoints(run_dir: Path, keep_upto: Path) -> None:
+def _drop_partial_checkpoints(run: RunDir, keep_upto: Path) -> None:
     """Remove checkpoint folders newer than the resume point (left by a kill mid-save)."""
     step = int(keep_upto.name.removeprefix("checkpoint-"))
-    for p in (run_dir / CHECKPOINTS).iterdir():
+    for p in run.checkpoints.iterdir():
         s = p.name.removeprefix("checkpoint-")
         if p.is_dir() and s.isdigit() and int(s) > step:
             log.warning("removing incomplete checkpoint %s", p)
             shutil.rmtree(p, ignore_errors=True)
 
 
-# --------------------------------------------------------------------------- model
-
-
-def build_peft_model(cfg: Config):
-    """Base model (4-bit for QLoRA) wrapped with the LoRA adapter described by ``cfg.lora``."""
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-
-    from persona_pipeline.core.modeling import load_causal_lm
-
-    model = load_causal_lm(cfg)
-    if cfg.quantization.load_in_4bit:
-        model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=cfg.train.gradient_checkpointing
-        )
-    lc = cfg.lora
-    peft_config = LoraConfig(
-        r=lc.r,
-        lora_alpha=lc.lora_alpha,
-        lora_dropout=lc.lora_dropout,
-        target_modules=list(lc.target_modules),
-        bias=lc.bias,
-        task_type="CAUSAL_LM",
-    )
-    model = get_peft_model(model, peft_config)
-    model.config.use_cache = False  # the KV cache is useless in training and clashes with checkpointing
-    return model
-
-
-# --------------------------------------------------------------------------- run folder
-
-
-def _config_drift(run_dir: Path, cfg: Config) -> list[str]:
-    import yaml
-
-    saved_file = run_dir / "config.yaml"
-    if not saved_file.is_file():
-        return []
-    saved = yaml.safe_load(saved_file.read_text(encoding="utf-8")) or {}
+def _config_drift(run: RunDir, cfg: Config) -> list[str]:
+    """Config keys whose value differs from the run's saved config.yaml."""
+    if not run.config.is_file():
+        raise PipelineError(f"cannot resume {run.path}: {run.config} is missing", hint="start a new run with `make train`")
+    saved = yaml.safe_load(run.config.read_text(encoding="utf-8")) or {}
     now = yaml.safe_load(dump_config(cfg)) or {}
 
     def flat(d, prefix=""):
@@ -139,24 +108,6 @@ def _config_drift(run_dir: Path, cfg: Config) -> list[str]:
     return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
 
 
-def _open_run(cfg: Config, resume_dir: Path | None, state) -> Path:
-    """Rank 0 creates (or reuses) the run folder and switches ``latest``; all ranks learn its path."""
-    from accelerate.utils import broadcast_object_list
-
-    holder: list[Any] = [None]
-    if state.is_main_process:
-        if resume_dir is not None:
-            run_dir = resume_dir
-        else:
-            run_dir = new_run_dir(cfg.runs_dir, os.environ.get(RUN_NAME_ENV) or None)
-            atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
-        mark_latest(run_dir)
-        holder[0] = str(run_dir)
-    if state.num_processes > 1:
-        broadcast_object_list(holder)
-    return Path(holder[0])
-
-
 class _FileLog:
     """Mirror our log lines (and transformers warnings) into ``train.log`` on rank 0."""
 
@@ -164,8 +115,6 @@ class _FileLog:
         self.handler = None
         if path is None:
             return
-        import transformers
-
         self.handler = logging.FileHandler(path, encoding="utf-8")
         self.handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
         self.handler.setLevel(logging.INFO)
@@ -183,40 +132,14 @@ class _FileLog:
             self.handler.close()
 
 
-def _start_trace() -> tuple[Path | None, list[int] | None, list[str] | None]:
-    """With PERSONA_TRAIN_TRACE_DIR set: record sample indices and every file written (tests)."""
-    trace_dir = os.environ.get(TRACE_ENV)
-    if not trace_dir:
-        return None, None, None
-    import sys
-
-    writes: list[str] = []
-
-    def hook(event, args):
-        if event == "open" and isinstance(args[0], (str, bytes, os.PathLike)):
-            mode, flags = args[1], args[2]
-            if (isinstance(mode, str) and any(c in mode for c in "wax+")) or (
-                mode is None and isinstance(flags, int) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT)
-            ):
-                writes.append(os.fsdecode(args[0]))
-        elif event in ("os.mkdir", "os.rename", "os.symlink", "os.remove", "shutil.rmtree"):
-            writes.append(os.fsdecode(args[1] if event in ("os.rename", "os.symlink") else args[0]))
-
-    sys.addaudithook(hook)
-    return Path(trace_dir), [], writes
-
-
 # --------------------------------------------------------------------------- training
 
 
-def _training_arguments(cfg: Config, run_dir: Path, *, has_cuda: bool, dtype):
-    import torch
-    from transformers import TrainingArguments
-
+def _training_arguments(cfg: Config, run: RunDir, *, has_cuda: bool, dtype: torch.dtype) -> TrainingArguments:
     t = cfg.train
     by_steps = t.save_steps is not None and t.save_steps > 0
     return TrainingArguments(
-        output_dir=str(run_dir / CHECKPOINTS),
+        output_dir=str(run.checkpoints),
         per_device_train_batch_size=t.batch_size,
         per_device_eval_batch_size=t.batch_size,
         gradient_accumulation_steps=t.gradient_accumulation_steps,
@@ -249,7 +172,140 @@ def _training_arguments(cfg: Config, run_dir: Path, *, has_cuda: bool, dtype):
     )
 
 
-def _summary(cfg, run_dir, trainer, out, base_eval, train_ts, eval_ts, resumed_from, seconds) -> dict:
+@dataclass
+class TrainJob:
+    """One training session: every input checked and loaded, before the run folder exists.
+
+    ``prepare`` validates (model, key, data, resume point) and loads; ``open_run``
+    creates or reuses the run folder; ``fit`` trains and writes the adapter and summary.
+    """
+
+    cfg: Config
+    state: PartialState
+    tokenizer: Any
+    model: Any
+    train_ts: TokenizedSplit
+    eval_ts: TokenizedSplit
+    has_cuda: bool
+    dtype: torch.dtype
+    resume_run: RunDir | None = None
+    checkpoint: Path | None = None  # the checkpoint a resumed session continues from
+
+    @classmethod
+    def prepare(cls, cfg: Config, resume: str | None = None) -> TrainJob:
+        if cfg.train.num_threads:
+            torch.set_num_threads(cfg.train.num_threads)
+        has_cuda = torch.cuda.is_available()
+        # cpu=True is what makes accelerate pick gloo for several CPU processes (torchrun / accelerate launch).
+        state = PartialState(cpu=not has_cuda)
+        if not state.is_main_process:  # one copy of every message, from rank 0
+            logging.getLogger("persona_pipeline").setLevel(logging.WARNING)
+        resume_run = checkpoint = None
+        if resume:
+            resume_run = RunDir.resolve(cfg.runs_dir, resume)
+            checkpoint = last_checkpoint(resume_run)
+        ensure_available(cfg)
+        quantization_config(cfg)  # QLoRA without CUDA fails here, with the fix
+        tokenizer = load_tokenizer(cfg)
+        with state.main_process_first():  # rank 0 builds the cache, the others read it
+            train_ts = load_tokenized(cfg, "train", tokenizer=tokenizer)
+            eval_ts = load_tokenized(cfg, "eval", tokenizer=tokenizer)
+        set_seed(cfg.seed)
+        model = build_peft_model(cfg)
+        return cls(cfg, state, tokenizer, model, train_ts, eval_ts, has_cuda, resolve_dtype(cfg), resume_run, checkpoint)
+
+    def open_run(self) -> RunDir:
+        """Rank 0 creates (or reuses) the run folder and switches ``latest``; all ranks learn its path."""
+        holder: list[Any] = [None]
+        if self.state.is_main_process:
+            if self.resume_run is not None:
+                run = self.resume_run
+            else:
+                run = RunDir(new_run_dir(self.cfg.runs_dir, os.environ.get(RUN_NAME_ENV) or None))
+                atomic_write_text(run.config, dump_config(self.cfg))
+            mark_latest(run.path)
+            holder[0] = str(run.path)
+        if self.state.num_processes > 1:
+            broadcast_object_list(holder)
+        run = RunDir(Path(holder[0]))
+        if self.state.is_main_process and self.checkpoint is not None:
+            _drop_partial_checkpoints(run, self.checkpoint)
+            drift = _config_drift(run, self.cfg)
+            if drift:
+                log.warning("resuming with a config that differs from the run's config.yaml in: %s", ", ".join(drift))
+        return run
+
+    def _trainer(self, run: RunDir, stopper: StopOnSignal) -> PersonaTrainer:
+        cfg = self.cfg
+        collator = make_collator(cfg.train.batching, self.tokenizer.pad_token_id, cfg.data.max_length,
+                                 pad_to_multiple_of=8 if self.has_cuda else None)
+        trainer = PersonaTrainer(
+            model=self.model,
+            args=_training_arguments(cfg, run, has_cuda=self.has_cuda, dtype=self.dtype),
+            train_dataset=TokenizedDataset(self.train_ts.samples),
+            eval_dataset=TokenizedDataset(self.eval_ts.samples),
+            data_collator=collator,
+            processing_class=self.tokenizer,
+            train_lengths=self.train_ts.lengths,
+            batching=cfg.train.batching,
+            callbacks=[LogLines(), stopper],
+        )
+        use_quiet_progress(trainer)
+        if "tensorboard" in cfg.train.report_to:
+            tb = TensorBoardCallback()
+            tb.logging_dir = str(run.tensorboard)
+            trainer.add_callback(tb)
+        return trainer
+
+    def _base_eval(self, trainer: PersonaTrainer, run: RunDir) -> float:
+        """Eval loss before training (LoRA B starts at zero: this is the base model); read back on resume."""
+        if self.checkpoint is not None:
+            log.info("resuming %s from %s", run.name, self.checkpoint.name)
+            return read_json(run.base_eval, written_by="make train")["eval_loss"]
+        base_eval = trainer.evaluate()["eval_loss"]
+        if self.state.is_main_process:
+            atomic_write_json(run.base_eval, {"eval_loss": base_eval, "eval_samples": len(self.eval_ts.samples)})
+        log.info("base model eval loss %.4f (before training)", base_eval)
+        return base_eval
+
+    def fit(self, run: RunDir) -> RunDir:
+        """Trainer set-up, base eval, the training loop, then adapter + summary (rank 0)."""
+        stopper = StopOnSignal()
+        trainer = self._trainer(run, stopper)
+        base_eval = self._base_eval(trainer, run)
+        old_handlers = stopper.install()
+        start = time.perf_counter()
+        try:
+            out = trainer.train(resume_from_checkpoint=str(self.checkpoint) if self.checkpoint else None)
+        finally:
+            stopper.uninstall(old_handlers)
+        seconds = time.perf_counter() - start
+
+        if stopper.stopped_at is not None:
+            self.state.wait_for_everyone()
+            raise TrainingInterrupted(
+                f"training interrupted at step {stopper.stopped_at}; checkpoint saved in "
+                f"{run.checkpoints / f'checkpoint-{stopper.stopped_at}'}",
+                hint=f"continue with `make train RESUME={run.name}` (or RESUME=latest)",
+            )
+        if self.state.is_main_process:
+            with atomic_dir(run.adapter) as tmp:
+                trainer.model.save_pretrained(tmp)
+                self.tokenizer.save_pretrained(tmp)
+            summary = _summary(self, run, trainer, out, base_eval, seconds)
+            atomic_write_json(run.train_summary, summary)
+            log.info(
+                "done: eval loss %s -> %s, %d tokens in %.0fs; adapter in %s",
+                f"{base_eval:.4f}",
+                f"{summary['final_eval_loss']:.4f}" if summary["final_eval_loss"] is not None else "?",
+                summary["tokens_seen"], seconds, run.adapter,
+            )
+        self.state.wait_for_everyone()
+        return run
+
+
+def _summary(job: TrainJob, run: RunDir, trainer, out, base_eval: float | None, seconds: float) -> dict:
+    cfg, train_ts, eval_ts = job.cfg, job.train_ts, job.eval_ts
     history = trainer.state.log_history
     evals = [
         {"epoch": round(h["epoch"], 3), "step": h["step"], "eval_loss": h["eval_loss"]}
@@ -258,7 +314,7 @@ def _summary(cfg, run_dir, trainer, out, base_eval, train_ts, eval_ts, resumed_f
     ]
     losses = [h for h in history if "loss" in h]
     return {
-        "run": run_dir.name,
+        "run": run.name,
         "status": "completed",
         "config": cfg.name,
         "base_model": cfg.model.name_or_path,
@@ -281,155 +337,38 @@ def _summary(cfg, run_dir, trainer, out, base_eval, train_ts, eval_ts, resumed_f
         "samples": {"train": len(train_ts.samples), "eval": len(eval_ts.samples)},
         "tokenize": {s.split: {k: v for k, v in s.stats.items() if k != "source"} for s in (train_ts, eval_ts)},
         "trainable_parameters": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
-        "resumed_from": resumed_from,
-        "adapter": "adapter",
+        "resumed_from": job.checkpoint.name if job.checkpoint else None,
+        "adapter": run.adapter.name,
     }
 
 
-def train(cfg: Config, resume: str | None = None) -> Path:
-    """Train a LoRA adapter; returns the run folder. ``resume``: 'latest', a run name or a folder."""
-    import torch
-    from accelerate import PartialState
-    from transformers import set_seed
-
-    from persona_pipeline.core.modeling import ensure_available, load_tokenizer, quantization_config, resolve_dtype
-    from persona_pipeline.stages.tokenize import load_tokenized
-
-    if cfg.train.num_threads:
-        torch.set_num_threads(cfg.train.num_threads)
-    has_cuda = torch.cuda.is_available()
-    # cpu=True is what makes accelerate pick gloo for several CPU processes (torchrun / accelerate launch).
-    state = PartialState(cpu=not has_cuda)
-    if not state.is_main_process:  # one copy of every message, from rank 0
-        logging.getLogger("persona_pipeline").setLevel(logging.WARNING)
-    trace_dir, trace, writes = _start_trace()
-
-    # 1. Validate every input before anything is written to the runs folder.
-    resume_dir = ckpt = None
-    if resume:
-        resume_dir = resolve_run(cfg.runs_dir, resume)
-        ckpt = last_checkpoint(resume_dir)
-    ensure_available(cfg)
-    quantization_config(cfg)  # QLoRA without CUDA fails here, with the fix
-    tokenizer = load_tokenizer(cfg)
-    with state.main_process_first():  # rank 0 builds the cache, the others read it
-        train_ts = load_tokenized(cfg, "train", tokenizer=tokenizer)
-        eval_ts = load_tokenized(cfg, "eval", tokenizer=tokenizer)
-    set_seed(cfg.seed)
-    model = build_peft_model(cfg)
-    dtype = resolve_dtype(cfg)
-
-    # 2. The run folder (rank 0), `latest` switched now that the inputs are known good.
-    run_dir = _open_run(cfg, resume_dir, state)
-    if state.is_main_process and ckpt is not None:
-        _drop_partial_checkpoints(run_dir, ckpt)
-        drift = _config_drift(run_dir, cfg)
-        if drift:
-            log.warning("resuming with a config that differs from the run's config.yaml in: %s", ", ".join(drift))
-    filelog = _FileLog(run_dir / "train.log" if state.is_main_process else None)
+def train(cfg: Config, resume: str | None = None) -> RunDir:
+    """Train a LoRA adapter; returns the run. ``resume``: 'latest', a run name or a folder."""
+    job = TrainJob.prepare(cfg, resume)  # every input validated before anything is written
+    run = job.open_run()  # `latest` switched now that the inputs are known good
+    filelog = _FileLog(run.log if job.state.is_main_process else None)
     try:
         log.info(
             "run %s: %s%s, %d train / %d eval samples, batching %s, %d process(es)",
-            run_dir, cfg.model.name_or_path, " (QLoRA 4-bit)" if cfg.quantization.load_in_4bit else "",
-            len(train_ts.samples), len(eval_ts.samples), cfg.train.batching, state.num_processes,
+            run.path, cfg.model.name_or_path, " (QLoRA 4-bit)" if cfg.quantization.load_in_4bit else "",
+            len(job.train_ts.samples), len(job.eval_ts.samples), cfg.train.batching, job.state.num_processes,
         )
-        for ts in (train_ts, eval_ts):
+        for ts in (job.train_ts, job.eval_ts):
             s = ts.stats
             if s["prompt_truncated"] or s["completion_truncated"]:
                 log.warning("%s: %d prompts cut from the left and %d completions cut to fit max_length %d",
                             ts.split, s["prompt_truncated"], s["completion_truncated"], s["max_length"])
-        return _fit(cfg, run_dir, model, tokenizer, train_ts, eval_ts, ckpt, state, has_cuda, dtype, trace)
+        return job.fit(run)
     finally:
         filelog.close()
-        _write_trace(trace_dir, state, trace, writes)
-
-
-def _fit(cfg, run_dir, model, tokenizer, train_ts, eval_ts, ckpt, state, has_cuda, dtype, trace) -> Path:
-    """Trainer set-up, base eval, the training loop, then adapter + summary (rank 0)."""
-    from transformers.integrations import TensorBoardCallback
-
-    from persona_pipeline.training.collate import TokenizedDataset, make_collator
-    from persona_pipeline.training.callbacks import LogLines, PersonaTrainer, StopOnSignal, use_quiet_progress
-
-    args = _training_arguments(cfg, run_dir, has_cuda=has_cuda, dtype=dtype)
-    collator = make_collator(cfg.train.batching, tokenizer.pad_token_id, cfg.data.max_length,
-                             pad_to_multiple_of=8 if has_cuda else None)
-    stopper = StopOnSignal()
-    trainer = PersonaTrainer(
-        model=model,
-        args=args,
-        train_dataset=TokenizedDataset(train_ts.samples, trace),
-        eval_dataset=TokenizedDataset(eval_ts.samples),
-        data_collator=collator,
-        processing_class=tokenizer,
-        train_lengths=train_ts.lengths,
-        batching=cfg.train.batching,
-        callbacks=[LogLines(), stopper],
-    )
-    use_quiet_progress(trainer)
-    if "tensorboard" in cfg.train.report_to:
-        tb = TensorBoardCallback()
-        tb.logging_dir = str(run_dir / "logs")
-        trainer.add_callback(tb)
-
-    base_file = run_dir / "base_eval.json"
-    if ckpt is None:
-        base_eval = trainer.evaluate()["eval_loss"]  # LoRA B starts at zero: this is the base model
-        if state.is_main_process:
-            atomic_write_json(base_file, {"eval_loss": base_eval, "eval_samples": len(eval_ts.samples)})
-        log.info("base model eval loss %.4f (before training)", base_eval)
-    else:
-        base_eval = json.loads(base_file.read_text())["eval_loss"] if base_file.is_file() else None
-        log.info("resuming %s from %s", run_dir.name, ckpt.name)
-
-    old_handlers = stopper.install()
-    start = time.perf_counter()
-    try:
-        out = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
-    finally:
-        stopper.uninstall(old_handlers)
-    seconds = time.perf_counter() - start
-
-    if stopper.stopped_at is not None:
-        state.wait_for_everyone()
-        raise TrainingInterrupted(
-            f"training interrupted at step {stopper.stopped_at}; checkpoint saved in "
-            f"{run_dir / CHECKPOINTS / f'checkpoint-{stopper.stopped_at}'}",
-            hint=f"continue with `make train RESUME={run_dir.name}` (or RESUME=latest)",
-        )
-
-    if state.is_main_process:
-        with atomic_dir(run_dir / "adapter") as tmp:
-            trainer.model.save_pretrained(tmp)
-            tokenizer.save_pretrained(tmp)
-        summary = _summary(cfg, run_dir, trainer, out, base_eval, train_ts, eval_ts,
-                           ckpt.name if ckpt else None, seconds)
-        atomic_write_json(run_dir / "train_summary.json", summary)
-        log.info(
-            "done: eval loss %s -> %s, %d tokens in %.0fs; adapter in %s",
-            f"{base_eval:.4f}" if base_eval is not None else "?",
-            f"{summary['final_eval_loss']:.4f}" if summary["final_eval_loss"] is not None else "?",
-            summary["tokens_seen"], seconds, run_dir / "adapter",
-        )
-    state.wait_for_everyone()
-    return run_dir
-
-
-def _write_trace(trace_dir: Path | None, state, trace, writes) -> None:
-    if trace_dir is None:
-        return
-    trace_dir.mkdir(parents=True, exist_ok=True)
-    rank = state.process_index
-    payload = {"rank": rank, "world_size": state.num_processes, "samples": trace, "writes": list(writes)}
-    (trace_dir / f"rank{rank}.json").write_text(json.dumps(payload))
 
 
 def run(cfg: Config, *, resume: str | None = None) -> int:
     run_dir = train(cfg, resume=resume)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0
-    print(f"run: {run_dir}")
-    print(f"  adapter:      {run_dir / 'adapter'}")
-    print(f"  summary:      {run_dir / 'train_summary.json'}")
-    print(f"  tensorboard:  make tensorboard   (logs in {run_dir / 'logs'})")
+    print(f"run: {run_dir.path}")
+    print(f"  adapter:      {run_dir.adapter}")
+    print(f"  summary:      {run_dir.train_summary}")
+    print(f"  tensorboard:  make tensorboard   (logs in {run_dir.tensorboard})")
     return 0

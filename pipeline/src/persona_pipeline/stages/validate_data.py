@@ -13,20 +13,20 @@ import logging
 import math
 import statistics
 from collections import Counter
+from collections.abc import Callable, Collection
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Collection
+from typing import Any
 
-from persona_pipeline.stages.keys import data_key
-from persona_pipeline.data.dedup import Sample, find_leaks, similar_pairs, shingles
+from transformers import AutoTokenizer
+
+from persona_pipeline.core.config import Config
+from persona_pipeline.core.crypto import data_key
+from persona_pipeline.core.fsutil import atomic_write_json
+from persona_pipeline.core.prompt_format import PromptFormatError, parse_prompt
+from persona_pipeline.core.records import KINDS, Record, is_encrypted, read_records
+from persona_pipeline.data.dedup import Sample, find_leaks, shingles, similar_pairs
 from persona_pipeline.data.personas import load_personas
 from persona_pipeline.data.split import RUN_WORDS, containment
-from persona_pipeline.core.fsutil import atomic_write_json
-from persona_pipeline.stages.data import KINDS
-from persona_pipeline.core.prompt_format import PromptFormatError, parse_prompt
-from persona_pipeline.core.records import Record, is_encrypted, read_records
-
-if TYPE_CHECKING:  # pragma: no cover
-    from persona_pipeline.core.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +45,6 @@ def _token_counter(cfg: Config) -> tuple[Callable[[str], int], str]:
     looks_like_hub_id = name.count("/") == 1 and not name.startswith((".", "/", "~"))
     if local.exists() or looks_like_hub_id:
         try:
-            from transformers import AutoTokenizer
-
             tok = AutoTokenizer.from_pretrained(
                 str(local) if local.exists() else name,
                 local_files_only=True,
@@ -54,7 +52,7 @@ def _token_counter(cfg: Config) -> tuple[Callable[[str], int], str]:
                 trust_remote_code=cfg.model.trust_remote_code,
             )
             return (lambda text: len(tok(text, add_special_tokens=True)["input_ids"]) + 1), f"tokenizer of {name}"
-        except Exception as exc:  # noqa: BLE001 - any failure means "not available offline"
+        except Exception as exc:  # any failure means "not available offline"
             log.info("tokenizer not loadable offline (%s: %s)", type(exc).__name__, exc)
     print(f"notice: the tokenizer of {name} is not available offline; token lengths are estimated "
           f"as {WORDS_TO_TOKENS} x whitespace words (build it with `make base-model`, or download the model)")
@@ -104,7 +102,7 @@ def _check_records(
 
 def _lengths(records: list[Record], count: Callable[[str], int], max_length: int) -> dict[str, Any]:
     lens = [count(r["prompt"] + r["completion"]) for r in records]
-    over = [r["meta"].get("line") for r, n in zip(records, lens) if n > max_length]
+    over = [r["meta"].get("line") for r, n in zip(records, lens, strict=True) if n > max_length]
     return {
         "max": max(lens, default=0),
         "mean": round(statistics.fmean(lens), 1) if lens else 0,
@@ -181,7 +179,7 @@ def validate(
 def _containment(train: list[Record], evals: list[Record]) -> dict[str, Any]:
     """How many eval answers share an 8-word run with a train answer, and which lines."""
     found = containment([r["completion"] for r in train], [r["completion"] for r in evals])
-    hit = [(r, c) for r, c in zip(evals, found) if c.share > 0]
+    hit = [(r, c) for r, c in zip(evals, found, strict=True) if c.share > 0]
     return {
         "run_words": RUN_WORDS,
         "eval_answers_sharing_run": len(hit),

@@ -11,6 +11,7 @@ import threading
 import time
 
 import torch
+import torch.distributed as dist
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
@@ -104,8 +105,6 @@ class StopOnSignal(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         stop = self.requested
         if args.world_size > 1:  # every rank must stop at the same step, or collectives hang
-            import torch.distributed as dist
-
             flag = torch.tensor([int(stop)], device=args.device)
             dist.all_reduce(flag)
             stop = bool(flag.item())

@@ -16,27 +16,26 @@ mask keeps sdpa off the fast causal path, so ``group_by_length`` stays the defau
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
 from torch.utils.data import Dataset, Sampler
+from transformers.trainer_pt_utils import get_length_grouped_indices
 
-from persona_pipeline.stages.tokenize import IGNORE_INDEX
+from persona_pipeline.training.tokenized import IGNORE_INDEX
 
 
 class TokenizedDataset(Dataset):
-    """Samples from :func:`tokenize_data.load_tokenized`; optionally records which indices were read."""
+    """Samples from :func:`persona_pipeline.training.tokenized.load_tokenized` as a torch Dataset."""
 
-    def __init__(self, samples: Sequence[dict[str, list[int]]], trace: list[int] | None = None):
+    def __init__(self, samples: Sequence[dict[str, list[int]]]):
         self.samples = samples
-        self.trace = trace
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, idx: int) -> dict[str, list[int]]:
-        if self.trace is not None:
-            self.trace.append(int(idx))
         return self.samples[idx]
 
 
@@ -146,8 +145,6 @@ class EpochLengthGroupedSampler(Sampler[int]):
         return len(self.lengths)
 
     def __iter__(self) -> Iterator[int]:
-        from transformers.trainer_pt_utils import get_length_grouped_indices
-
         g = torch.Generator()
         g.manual_seed(self.seed * 1_000_003 + self.epoch)
         return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=g))
