@@ -117,7 +117,7 @@ class GenerateConfig:
     # Who writes the train side's hypothetical answers: the persona-file templates, or a local
     # instruct model (data/writer.py) prompted with the persona's facts and real quotes.
     writer: Literal["templates", "model"] = "templates"
-    writer_model: Optional[str] = None  # a local folder or cached Hub id; default: model.name_or_path
+    writer_model: str | None = None  # a local folder or cached Hub id; default: model.name_or_path
     writer_max_new_tokens: int = 96
     # >1 discourages the loops small models fall into under greedy decoding (SmolLM2-135M: "I love books. I love books.").
     writer_repetition_penalty: float = 1.3

@@ -8,11 +8,11 @@ examples. Greedy decoding, batched; answers are cached encrypted (``writer_cache
 beside the data) by model and prompt, so ``make data`` and ``make review`` reuse them.
 
 Each written answer is cut after its last complete sentence and must pass, in order: length in
-range (``writer_min_words`` .. ``max_answer_words``), not a repetition loop, the persona classifier (tf-idf nearest centroid fitted on the side's
-other answers) agrees on the persona, no near-duplicate of another answer, and no leakage (no
-8-word run shared with an eval answer). What was filtered, and why, is counted. The eval side
-keeps template answers: eval references written by the writer model would measure imitation
-of that model, not of the person.
+range (``writer_min_words`` .. ``max_answer_words``), not a repetition loop, the persona
+classifier (tf-idf nearest centroid fitted on the side's other answers) agrees on the persona,
+no near-duplicate of another answer, and no leakage (no 8-word run shared with an eval answer).
+What was filtered, and why, is counted. The eval side keeps template answers: eval references
+written by the writer model would measure imitation of that model, not of the person.
 """
 
 from __future__ import annotations
@@ -23,9 +23,10 @@ import logging
 import random
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Sequence
 
+from persona_pipeline.core.config import Config
 from persona_pipeline.core.crypto import decrypt_bytes, encrypt_bytes
 from persona_pipeline.core.fsutil import atomic_write_bytes
 from persona_pipeline.data.dedup import jaccard, shingles, word_runs
@@ -33,9 +34,6 @@ from persona_pipeline.data.personas import Persona
 from persona_pipeline.data.synth import Draft
 from persona_pipeline.data.transcripts import trim_words
 from persona_pipeline.evaluation.fidelity import tfidf_classifier
-
-if TYPE_CHECKING:  # pragma: no cover
-    from persona_pipeline.core.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +109,7 @@ def filter_written(
     seen = [shingles(d.answer) for d in others]
     leak_runs = set().union(*(word_runs(a, LEAK_RUN_WORDS) for a in eval_answers)) if eval_answers else set()
     kept = []
-    for d, text, pred in zip(drafts, written, predicted):
+    for d, text, pred in zip(drafts, written, predicted, strict=True):
         n = len(text.split())
         sh = shingles(text)
         if n < min_words:
@@ -154,6 +152,7 @@ class ModelWriter:
 
     def _tok(self):
         if self._tokenizer is None:
+            # torch and transformers load only when a writer model is configured: make data stays light.
             from persona_pipeline.core.modeling import load_tokenizer
 
             self._tokenizer = load_tokenizer(self.cfg, self.name)
@@ -195,10 +194,10 @@ class ModelWriter:
                 log.info("writer: answers %d-%d of %d", k + 1, k + len(chunk), len(todo))
                 outs = generate(model, tok, [prompts[i] for i in chunk], settings, batch_size=g.writer_batch_size,
                                 desc="writer")
-                for i, out in zip(chunk, outs):
+                for i, out in zip(chunk, outs, strict=True):
                     self.cache[keys[i]] = out.text
                 atomic_write_bytes(self.cache_path, encrypt_bytes(json.dumps(self.cache).encode(), self.key), mode=0o600)
-        written = [clean_answer(self.cache[k], d.persona) for k, d in zip(keys, hypo)]
+        written = [clean_answer(self.cache[k], d.persona) for k, d in zip(keys, hypo, strict=True)]
         self.report.written += len(written)
         kept = filter_written(hypo, written, others=others, eval_answers=eval_answers, min_words=g.writer_min_words,
                               max_words=g.max_answer_words, threshold=g.near_duplicate_threshold, report=self.report)
