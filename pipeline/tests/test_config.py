@@ -146,6 +146,24 @@ def test_cli_bad_config_fails_fast_without_heavy_imports(tmp_path):
     assert time.perf_counter() - start < 20
 
 
+@pytest.mark.parametrize("where", ["parent folder", "absolute", "symlink"])
+def test_extends_outside_configs_is_refused(tmp_path, capsys, where):
+    (tmp_path / "outside.yaml").write_text("train:\n  epochs: 1\n")
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    target = {"parent folder": "../outside.yaml", "absolute": str(tmp_path / "outside.yaml"), "symlink": "link.yaml"}[where]
+    if where == "symlink":  # a neighbour by name that leads elsewhere
+        (folder / "link.yaml").symlink_to(tmp_path / "outside.yaml")
+    child = folder / "child.yaml"
+    child.write_text(f"name: x\nextends: {target}\n")
+    with pytest.raises(ConfigError, match=r"child\.yaml:2: extends: .* outside .*configs"):
+        load_config(child)
+    from persona_pipeline.cli import main
+
+    assert main(["show-config", "--config", str(child)]) == 2
+    assert "outside" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("override, message", [
     ("train.batch_size=0", "train.batch_size: must be >= 1, got 0"),
     ("train.learning_rate=0", "train.learning_rate: must be > 0, got 0.0"),

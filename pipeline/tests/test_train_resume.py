@@ -123,3 +123,62 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(make_cfg, write_dataset, tmp_pa
     assert complete_checkpoints(RunDir(run_dir))[-1].name == f"checkpoint-{step}"
     assert not (run_dir / "adapter").exists()
     assert (cfg.runs_dir / "latest").resolve() == run_dir.resolve()
+
+
+def test_two_trainings_at_once_keep_their_own_runs(make_cfg, write_dataset, tmp_path):
+    """`make train` twice at the same time: the second never joins or damages the first run."""
+    cfg = make_cfg("train_tiny.yaml", *SETTINGS, "train.epochs=50", "train.save_total_limit=100")
+    write_dataset(cfg, n_train=40, n_eval=8)
+    config = _config_file(cfg, tmp_path / "first.yaml")
+    first = _spawn(config)  # both runs are named "resumed": as if started in the same second
+    run_dir = cfg.runs_dir / "resumed"
+    others = []
+    try:
+        _wait_for_checkpoint(run_dir, first)
+        before = {p.name for p in complete_checkpoints(RunDir(run_dir))}
+        # RESUME=latest while the first still trains: refused at once, nothing of the first removed.
+        joiner = _spawn(config, "--resume", "latest")
+        others.append(joiner)
+        out, _ = joiner.communicate(timeout=120)
+        assert joiner.returncode == 1 and f"run resumed is being trained by process {first.pid}" in out, out[-2000:]
+        assert before <= {p.name for p in complete_checkpoints(RunDir(run_dir))}
+        # A second new run gets a folder of its own and `latest`, and finishes (the first paused meanwhile:
+        # two trainings on a shared 2-core machine only slow each other down).
+        first.send_signal(signal.SIGSTOP)
+        second = _spawn(_config_file(make_cfg("train_tiny.yaml", *SETTINGS, "train.max_steps=2"), tmp_path / "second.yaml"))
+        others.append(second)
+        out, _ = second.communicate(timeout=300)
+        first.send_signal(signal.SIGCONT)
+        assert second.returncode == 0, out[-2000:]
+        assert (cfg.runs_dir / "latest").resolve() == (cfg.runs_dir / "resumed-2").resolve()
+        assert (cfg.runs_dir / "resumed-2" / "adapter" / "adapter_model.safetensors").is_file()
+        assert first.poll() is None  # the first is still training, in its own folder
+    finally:
+        for proc in others:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        first.send_signal(signal.SIGCONT)
+        first.send_signal(signal.SIGINT)
+        out, _ = first.communicate(timeout=120)
+    assert first.returncode == 130, out[-2000:]
+    assert "training interrupted at step" in out and (run_dir / "config.yaml").is_file()
+
+
+def test_disk_full_during_a_checkpoint_save(make_cfg, write_dataset, tmp_path):
+    """No file may grow past 800 kB: the tiny adapter fits, the optimizer state does not."""
+    cfg = make_cfg("train_tiny.yaml", *SETTINGS, "train.report_to=[]")
+    write_dataset(cfg, n_train=40, n_eval=8)
+    limited = ("import resource, sys\n"
+               "resource.setrlimit(resource.RLIMIT_FSIZE, (800_000, 800_000))\n"
+               "from persona_pipeline.cli import main\n"
+               "sys.exit(main(sys.argv[1:]))\n")
+    env = {**os.environ, "PERSONA_RUN_NAME": "full", "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+    proc = subprocess.run([sys.executable, "-c", limited, "train", "--config", str(_config_file(cfg, tmp_path / "c.yaml"))],
+                          env=env, capture_output=True, text=True, timeout=300)
+    err = proc.stderr
+    assert proc.returncode == 1 and "Traceback" not in err, err[-3000:]
+    assert "saving checkpoint" in err and "checkpoint-3 failed" in err and "make train RESUME=full" in err
+    run = cfg.runs_dir / "full"
+    assert not (run / "checkpoints" / "checkpoint-3").exists() and not (run / "adapter").exists()
+    assert (run / "config.yaml").is_file()

@@ -16,7 +16,7 @@ from typing import Any, Literal
 import yaml
 
 from persona_pipeline.core.errors import ConfigError
-from persona_pipeline.core.schema import SchemaError, bounded, build, key_line, load_raw, parse_override
+from persona_pipeline.core.schema import SchemaError, bounded, build, find_root, key_line, load_raw, parse_override
 
 DEFAULT_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -250,14 +250,6 @@ class Config:
         return d
 
 
-
-
-def find_root(config_path: Path) -> Path:
-    """The pipeline root: the nearest ancestor of the config holding pyproject.toml, else the cwd."""
-    for parent in config_path.resolve().parents:
-        if (parent / "pyproject.toml").is_file():
-            return parent
-    return Path.cwd()
 
 
 def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> Config:

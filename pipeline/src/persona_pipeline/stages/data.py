@@ -24,8 +24,8 @@ from typing import Any
 
 from persona_pipeline.core.config import Config
 from persona_pipeline.core.crypto import ensure_key
-from persona_pipeline.core.fsutil import atomic_write_json
-from persona_pipeline.core.records import KINDS, write_records
+from persona_pipeline.core.fsutil import atomic_write_many, json_bytes
+from persona_pipeline.core.records import KINDS, encode_records
 from persona_pipeline.core.runs import DATA_STATS
 from persona_pipeline.data.dataset import build
 from persona_pipeline.data.personas import load_personas
@@ -120,9 +120,13 @@ def run(cfg: Config) -> int:
     stats["facts"] = facts
     stats["transcripts"] = [_transcript_stats(t, cfg.generate.stats_speaker_labels) for t in tstats]
     stats["seconds"] = round(time.perf_counter() - start, 3)
-    write_records(train_path, dataset.train, key)
-    write_records(eval_path, dataset.eval, key)
-    atomic_write_json(out_dir / DATA_STATS, stats)
+    # One set: the three files are replaced together or not at all (a full disk or a kill mid-write
+    # leaves the previous set, never a new train split beside an old eval split).
+    atomic_write_many({
+        train_path: encode_records(train_path, dataset.train, key),
+        eval_path: encode_records(eval_path, dataset.eval, key),
+        out_dir / DATA_STATS: json_bytes(stats),
+    })
     print(_table(stats, tstats))
     print(f"\nwrote {len(dataset.train)} train + {len(dataset.eval)} eval records (encrypted) to {out_dir} "
           f"in {stats['seconds']:.2f}s; stats: {out_dir / DATA_STATS}")
