@@ -114,6 +114,18 @@ class GenerateConfig:
     stats_speaker_labels: bool = False
     # make review's decisions (encrypted with the data key); make data applies them.
     review_file: str = "data/review/decisions.json.enc"
+    # Who writes the train side's hypothetical answers: the persona-file templates, or a local
+    # instruct model (data/writer.py) prompted with the persona's facts and real quotes.
+    writer: Literal["templates", "model"] = "templates"
+    writer_model: str | None = None  # a local folder or cached Hub id; default: model.name_or_path
+    writer_max_new_tokens: int = 96
+    # >1 discourages the loops small models fall into under greedy decoding (SmolLM2-135M: "I love books. I love books.").
+    writer_repetition_penalty: float = 1.3
+    writer_batch_size: int = 8
+    writer_min_words: int = 12
+    writer_quotes: int = 3  # real quotes of the persona shown as style examples
+    # The seed's volume target: make data warns below it when a writer model is configured.
+    target_records: int = 1500
 
 
 @dataclass
