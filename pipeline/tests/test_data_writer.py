@@ -85,3 +85,12 @@ def test_make_data_with_the_tiny_model_as_writer(tmp_path, tiny_model_dir, data_
     again = json.loads((out / "stats.json").read_text())["writer"]
     assert again["cached"] == w["written"] and again["kept"] == w["kept"]
     assert read_records(out / "train.jsonl.enc", key) == first_train
+
+
+def test_missing_writer_model_fails_before_writing(tmp_path, data_key, capsys):
+    out = tmp_path / "out"
+    rc = main(["data", "--config", str(CONFIG), "generate.writer=model", f"generate.writer_model={tmp_path / 'nope'}",
+               f"generate.output_dir={out}"])
+    err = capsys.readouterr().err
+    assert rc != 0 and "generate.writer_model" in err and "no config.json" in err
+    assert not out.exists()

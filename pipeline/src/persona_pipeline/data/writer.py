@@ -28,6 +28,7 @@ from dataclasses import dataclass, field, replace
 
 from persona_pipeline.core.config import Config
 from persona_pipeline.core.crypto import decrypt_bytes, encrypt_bytes
+from persona_pipeline.core.errors import ConfigError
 from persona_pipeline.core.fsutil import atomic_write_bytes
 from persona_pipeline.data.dedup import jaccard, shingles, word_runs
 from persona_pipeline.data.personas import Persona
@@ -142,6 +143,13 @@ class ModelWriter:
         self.cfg = cfg
         self.key = key
         self.name = cfg.generate.writer_model or cfg.model.name_or_path
+        local = cfg.resolve(self.name)
+        if (local.exists() or self.name.startswith((".", "/", "~", "outputs/"))) and not (local / "config.json").is_file():
+            raise ConfigError(
+                f"generate.writer_model: {local} is not a model folder (no config.json)",
+                hint="point generate.writer_model at a local instruct model (e.g. the SmolLM2 folder that "
+                     "`make base-model TRAIN_CONFIG=configs/train_smollm2_135m.yaml` builds) or a cached Hub id",
+            )
         self.cache_path = cfg.resolve(cfg.generate.output_dir) / CACHE_FILE
         self.cache: dict[str, str] = {}
         if self.cache_path.is_file():
