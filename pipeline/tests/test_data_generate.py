@@ -203,3 +203,60 @@ def test_no_key_anywhere_is_a_clean_error(tmp_path, monkeypatch, capsys):
     assert main(["validate-data", *_args(tmp_path)]) != 0
     assert "no data key" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "outputs")
+
+
+# --------------------------------------------------------------------------- a full disk, a kill mid-write
+
+_LIMITED = """\
+import resource, signal, sys
+limit, die = int(sys.argv[1]), sys.argv[2] == "die"
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))  # no file may grow past `limit` bytes
+# Python ignores SIGXFSZ, so the write fails with EFBIG as on a full disk; "die" restores the default
+# action: the kernel kills the process inside the write, no Python cleanup runs (like SIGKILL).
+signal.signal(signal.SIGXFSZ, signal.SIG_DFL if die else signal.SIG_IGN)
+from persona_pipeline.cli import main
+sys.exit(main(sys.argv[3:]))
+"""
+SMALL = ["generate.hypothetical_per_persona=8", "generate.contrastive_per_persona=4", "generate.eval_fraction=0.6"]
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+@pytest.mark.parametrize("how", ["disk full", "killed"])
+def test_data_interrupted_mid_write_leaves_the_previous_set(tmp_path, monkeypatch, capsys, how):
+    """A file-size limit stops `make data` while it writes the eval split (bigger than train here)."""
+    import signal
+    import subprocess
+    import sys
+
+    monkeypatch.setenv("PERSONA_DATA_KEY", KEY)
+    out, scratch = tmp_path / "real", tmp_path / "scratch"
+    assert main(["data", *_args(out), *SMALL]) == 0
+    previous = _files(out / "data")
+    assert main(["data", *_args(scratch), *SMALL, "generate.seed=14"]) == 0  # the new set's file sizes
+    sizes = {name: len(data) for name, data in _files(scratch / "data").items()}
+    assert sizes["train.jsonl.enc"] < sizes["eval.jsonl.enc"], sizes
+    limit = (sizes["train.jsonl.enc"] + sizes["eval.jsonl.enc"]) // 2
+
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-c", _LIMITED, str(limit), "die" if how == "killed" else "fail",
+         "data", *_args(out), *SMALL, "generate.seed=14"],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    if how == "killed":
+        assert proc.returncode == -signal.SIGXFSZ, proc.stderr[-2000:]
+    else:
+        assert proc.returncode == 1 and "File too large; nothing was replaced" in proc.stderr, proc.stderr[-2000:]
+        assert "Traceback" not in proc.stderr
+    visible = {n: b for n, b in _files(out / "data").items() if not n.startswith(".")}
+    assert visible == previous  # the old train, eval and stats, byte for byte: no mix of old and new
+    if how == "disk full":
+        assert not [n for n in _files(out / "data") if n.startswith(".")]
+    # The next run replaces the set and clears what a killed writer left behind.
+    assert main(["data", *_args(out), *SMALL, "generate.seed=14"]) == 0
+    assert sorted(_files(out / "data")) == ["eval.jsonl.enc", "stats.json", "train.jsonl.enc"]
+    key = bytes(range(32, 64))
+    assert read_records(out / "data" / "eval.jsonl.enc", key) == read_records(scratch / "data" / "eval.jsonl.enc", key)

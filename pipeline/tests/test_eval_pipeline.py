@@ -161,7 +161,8 @@ def test_compare_writes_table_chart_and_one_log_row_per_run(evaluated, data_key,
 
 
 def _copy_run(run_dir: Path, tmp_path: Path) -> Path:
-    dst = tmp_path / "runs" / run_dir.name
+    """A copy to tamper with, beside the original (stages accept only run folders inside outputs/runs)."""
+    dst = run_dir.parent / f"{run_dir.name}-{tmp_path.name}"
     shutil.copytree(run_dir, dst, ignore=shutil.ignore_patterns("compare"))
     return dst
 
@@ -220,6 +221,13 @@ def test_eval_bad_input_fails_clearly_and_overwrites_nothing(evaluated, data_key
 
     assert main(["eval", "--config", cfg_file, "--run", "no-such-run", *overrides]) == 1
     assert "run not found: no-such-run" in capsys.readouterr().err
+    # A folder outside outputs/runs, by path or through '..', is refused before anything is written there.
+    outside = tmp_path / "elsewhere"
+    shutil.copytree(run_dir / "adapter", outside / "adapter")
+    for name in (str(outside), f"{run_dir.parent}/{os.path.relpath(outside, run_dir.parent)}"):
+        assert main(["eval", "--config", cfg_file, "--run", name, *overrides]) == 1
+        assert "not a run folder inside" in capsys.readouterr().err
+    assert sorted(p.name for p in outside.iterdir()) == ["adapter"]
     assert main(["eval", "--config", cfg_file, *overrides, "eval.source=merged"]) == 1
     assert "make merge" in capsys.readouterr().err
     assert (run_dir / "eval" / "metrics.json").read_bytes() == before

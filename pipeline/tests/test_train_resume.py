@@ -83,8 +83,21 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(make_cfg, write_datase
     run_dir = cfg.runs_dir / "resumed"
     proc = _spawn(config)
     _wait_for_checkpoint(run_dir, proc)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
+    # A second `make train RESUME=latest` while this one trains (paused here, so it surely still is):
+    # refused at once, none of the first run's checkpoints removed.
+    os.kill(proc.pid, signal.SIGSTOP)
+    joiner = None
+    try:
+        before = {p.name for p in complete_checkpoints(RunDir(run_dir))}
+        joiner = _spawn(config, "--resume", "latest")
+        out, _ = joiner.communicate(timeout=120)
+        assert joiner.returncode == 1 and f"run resumed is being trained by process {proc.pid}" in out, out[-2000:]
+        assert {p.name for p in complete_checkpoints(RunDir(run_dir))} == before
+    finally:
+        for p in (joiner, proc):  # the kill -9 this test is about; also what is left if an assert failed
+            if p is not None and p.poll() is None:
+                p.kill()
+                p.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL
     killed_at = complete_checkpoints(RunDir(run_dir))[-1].name
     assert not (run_dir / "adapter").exists(), "the run finished before it was killed"
@@ -123,3 +136,33 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(make_cfg, write_dataset, tmp_pa
     assert complete_checkpoints(RunDir(run_dir))[-1].name == f"checkpoint-{step}"
     assert not (run_dir / "adapter").exists()
     assert (cfg.runs_dir / "latest").resolve() == run_dir.resolve()
+
+
+def test_runs_started_in_the_same_second_get_their_own_folders(tmp_path):
+    """Run folders are claimed with mkdir: eight trainings starting at once get eight folders."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from persona_pipeline.core.runs import new_run_dir
+
+    with ThreadPoolExecutor(8) as pool:
+        runs = list(pool.map(lambda _: new_run_dir(tmp_path / "runs", "20260101-120000"), range(8)))
+    assert sorted(p.name for p in runs) == ["20260101-120000"] + [f"20260101-120000-{n}" for n in range(2, 9)]
+
+
+def test_disk_full_during_a_checkpoint_save(make_cfg, write_dataset, tmp_path):
+    """No file may grow past 800 kB: the tiny adapter fits, the optimizer state does not."""
+    cfg = make_cfg("train_tiny.yaml", *SETTINGS, "train.report_to=[]")
+    write_dataset(cfg, n_train=40, n_eval=8)
+    limited = ("import resource, sys\n"
+               "resource.setrlimit(resource.RLIMIT_FSIZE, (800_000, 800_000))\n"
+               "from persona_pipeline.cli import main\n"
+               "sys.exit(main(sys.argv[1:]))\n")
+    env = {**os.environ, "PERSONA_RUN_NAME": "full", "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+    proc = subprocess.run([sys.executable, "-c", limited, "train", "--config", str(_config_file(cfg, tmp_path / "c.yaml"))],
+                          env=env, capture_output=True, text=True, timeout=300)
+    err = proc.stderr
+    assert proc.returncode == 1 and "Traceback" not in err, err[-3000:]
+    assert "saving checkpoint" in err and "checkpoint-3 failed" in err and "make train RESUME=full" in err
+    run = cfg.runs_dir / "full"
+    assert not (run / "checkpoints" / "checkpoint-3").exists() and not (run / "adapter").exists()
+    assert (run / "config.yaml").is_file()

@@ -89,15 +89,19 @@ def read_records(path: Path, key: bytes | None) -> list[Record]:
     return parse_jsonl(path.read_bytes(), str(path))
 
 
-def write_records(path: Path, records: list[Record], key: bytes | None) -> Path:
-    """Write records atomically; encrypted when ``path`` ends in ``.enc`` (the default everywhere)."""
-    path = Path(path)
+def encode_records(path: Path, records: list[Record], key: bytes | None) -> bytes:
+    """The bytes :func:`write_records` writes to ``path``: encrypted when it ends in ``.enc``."""
     data = dumps_jsonl(records)
-    if is_encrypted(path):
+    if is_encrypted(Path(path)):
         if key is None:
             raise DataError(f"{path}: refusing to write encrypted data without a key")
         data = encrypt_bytes(data, key)
-    return atomic_write_bytes(path, data)
+    return data
+
+
+def write_records(path: Path, records: list[Record], key: bytes | None) -> Path:
+    """Write records atomically; encrypted when ``path`` ends in ``.enc`` (the default everywhere)."""
+    return atomic_write_bytes(Path(path), encode_records(path, records, key))
 
 
 def read_dataset(cfg: Config, path: Path) -> tuple[list[Record], str]:

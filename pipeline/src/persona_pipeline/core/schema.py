@@ -100,6 +100,9 @@ def build(tp: Any, value: Any, where: str) -> Any:
         args = get_args(tp)
         if value is None and type(None) in args:
             return None
+        options = [a for a in args if a is not type(None)]
+        if len(options) == 1:  # X | None: X's own message says what is wrong (e.g. a missing field)
+            return build(options[0], value, where)
         for arg in args:
             if arg is type(None):
                 continue
@@ -178,6 +181,14 @@ def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def find_root(config_path: Path) -> Path:
+    """The pipeline root: the nearest ancestor of the config holding pyproject.toml, else the cwd."""
+    for parent in config_path.resolve().parents:
+        if (parent / "pyproject.toml").is_file():
+            return parent
+    return Path.cwd()
+
+
 def load_raw(path: Path, seen: tuple[Path, ...] = ()) -> tuple[dict[str, Any], dict[str, Path]]:
     """Read a YAML file and its ``extends:`` chain. Returns merged data and the file each top key came from."""
     path = path.resolve()
@@ -191,7 +202,18 @@ def load_raw(path: Path, seen: tuple[Path, ...] = ()) -> tuple[dict[str, Any], d
         return data, origin
     if not isinstance(parent, str):
         raise ConfigError(f"{path}: 'extends' must be a file name, got {parent!r}")
-    base, base_origin = load_raw(path.parent / parent, (*seen, path))
+    target = (path.parent / parent).resolve()
+    # A config builds on the shipped configs or on its own neighbours, never on an arbitrary file
+    # (whose text would end up in error messages and in every run's saved config).
+    allowed = (path.parent, (find_root(path) / "configs").resolve())
+    if not any(folder == target.parent or folder in target.parents for folder in allowed):
+        line = key_line(path, "extends")
+        raise ConfigError(
+            f"{path}{f':{line}' if line else ''}: extends: {parent!r} is {target}, outside {allowed[1]} "
+            f"and outside this config's folder",
+            hint="extend a config in configs/ (e.g. extends: train_tiny.yaml) or one beside this file",
+        )
+    base, base_origin = load_raw(target, (*seen, path))
     base_origin.update(origin)
     return deep_merge(base, data), base_origin
 

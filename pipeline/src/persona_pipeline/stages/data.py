@@ -3,8 +3,11 @@
 Steps: load personas -> ingest transcripts (*extracted*) -> split the sources
 (data/split.py: transcript turns by near-duplicate group; persona topics, facts,
 domains and style phrases into a train and an eval view) -> per side,
-*hypothetical* and *contrastive* samples from that side's views and *transformed*
-variants of its extracted and hypothetical samples -> groups linking
+*hypothetical* (templates, or with ``generate.writer: model`` written by a local
+model on the train side, filtered; data/writer.py) and *contrastive* samples from
+that side's views, the human review decisions of ``make review`` applied
+(data/review.py), and *transformed* variants of its extracted and hypothetical
+samples -> groups linking
 near-duplicates and answers that share an 8-word run; a group reaching into
 train goes to train whole -> multi-turn prompts composed inside each split (so
 they cannot leak) -> write ``train.jsonl.enc``, ``eval.jsonl.enc`` and
@@ -21,14 +24,15 @@ from typing import Any
 
 from persona_pipeline.core.config import Config
 from persona_pipeline.core.crypto import ensure_key
-from persona_pipeline.core.fsutil import atomic_write_json
-from persona_pipeline.core.records import KINDS, write_records
+from persona_pipeline.core.fsutil import atomic_write_many, json_bytes
+from persona_pipeline.core.records import KINDS, encode_records
 from persona_pipeline.core.runs import DATA_STATS
 from persona_pipeline.data.dataset import build
 from persona_pipeline.data.personas import load_personas
 from persona_pipeline.data.review import load_decisions
 from persona_pipeline.data.synth import ORIGINS
 from persona_pipeline.data.transcripts import TranscriptStats, check_fact_sources, ingest_all
+from persona_pipeline.data.writer import ModelWriter
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +62,11 @@ def _table(stats: dict[str, Any], transcripts: list[TranscriptStats]) -> str:
     share = stats["origin_share"]
     lines.append("origin of all records: " + ", ".join(f"{k} {share[k]:.1%}" for k in ORIGINS)
                  + f"; questions derived by rule: {stats['derived_questions']}")
+    wr = stats["writer"]
+    if wr["mode"] == "model":
+        why = ", ".join(f"{n} {r}" for r, n in wr["filtered"].items() if n) or "none"
+        lines.append(f"writer model {wr['model']}: {wr['written']} hypothetical answers written ({wr['cached']} cached), "
+                     f"{wr['kept']} kept, {wr['written'] - wr['kept']} filtered ({why}) in {wr['seconds']:.1f}s")
     rv = stats["review"]
     lines.append(f"human review: {rv['accepted']} accepted, {rv['rejected']} rejected, {rv['edited']} edited, "
                  f"{rv['stale']} stale, {rv['unreviewed']} generated samples not reviewed yet (make review)")
@@ -81,13 +90,25 @@ def _transcript_stats(t: TranscriptStats, with_labels: bool) -> dict[str, Any]:
     return row
 
 
+def _volume_gate(cfg: Config, stats: dict[str, Any]) -> None:
+    """The seed aims at ~1,500 quality samples: say where the data stands, warn when a writer could close the gap."""
+    total = sum(stats["records"].values())
+    target = cfg.generate.target_records
+    quote = stats["origin_share"]["quote"]
+    print(f"volume: {total} records (target ~{target}); real quotes {quote:.1%} of the records")
+    if total < target and cfg.generate.writer == "model":
+        log.warning("only %d records, below the target of ~%d: raise generate.hypothetical_per_persona "
+                    "(the writer model writes one answer per hypothetical question) or add transcripts", total, target)
+
+
 def run(cfg: Config) -> int:
     start = time.perf_counter()
     personas = load_personas(cfg)
     pairs, tstats = ingest_all(cfg, personas)
     facts = check_fact_sources(personas, pairs, tstats)
     key = ensure_key(cfg)
-    dataset = build(cfg, personas, pairs, load_decisions(cfg.resolve(cfg.generate.review_file), key))
+    writer = ModelWriter(cfg, key) if cfg.generate.writer == "model" else None
+    dataset = build(cfg, personas, pairs, load_decisions(cfg.resolve(cfg.generate.review_file), key), writer)
 
     out_dir = cfg.resolve(cfg.generate.output_dir)
     train_path, eval_path = out_dir / "train.jsonl.enc", out_dir / "eval.jsonl.enc"
@@ -99,12 +120,17 @@ def run(cfg: Config) -> int:
     stats["facts"] = facts
     stats["transcripts"] = [_transcript_stats(t, cfg.generate.stats_speaker_labels) for t in tstats]
     stats["seconds"] = round(time.perf_counter() - start, 3)
-    write_records(train_path, dataset.train, key)
-    write_records(eval_path, dataset.eval, key)
-    atomic_write_json(out_dir / DATA_STATS, stats)
+    # One set: the three files are replaced together or not at all (a full disk or a kill mid-write
+    # leaves the previous set, never a new train split beside an old eval split).
+    atomic_write_many({
+        train_path: encode_records(train_path, dataset.train, key),
+        eval_path: encode_records(eval_path, dataset.eval, key),
+        out_dir / DATA_STATS: json_bytes(stats),
+    })
     print(_table(stats, tstats))
     print(f"\nwrote {len(dataset.train)} train + {len(dataset.eval)} eval records (encrypted) to {out_dir} "
           f"in {stats['seconds']:.2f}s; stats: {out_dir / DATA_STATS}")
+    _volume_gate(cfg, stats)
     missing = [t.file for t in tstats if t.status == "missing"]
     if missing:
         print(f"note: {len(missing)} transcript(s) not found and skipped: {', '.join(missing)}", file=sys.stderr)

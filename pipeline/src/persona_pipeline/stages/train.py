@@ -14,6 +14,7 @@ seeded length-grouped order and the Trainer gives each rank its own share of bat
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -35,7 +36,7 @@ from persona_pipeline.core.errors import PipelineError
 from persona_pipeline.core.fsutil import atomic_dir, atomic_write_json, atomic_write_text
 from persona_pipeline.core.modeling import build_peft_model, ensure_available, load_tokenizer, quantization_config, resolve_dtype
 from persona_pipeline.core.procmem import PhasePeaks
-from persona_pipeline.core.runs import RunDir, mark_latest, new_run_dir, read_json
+from persona_pipeline.core.runs import RunDir, mark_latest, new_run_dir, read_json, run_lock
 from persona_pipeline.training.arguments import training_arguments
 from persona_pipeline.training.callbacks import LogLines, PersonaTrainer, RssPhases, StopOnSignal, use_quiet_progress
 from persona_pipeline.training.collate import TokenizedDataset, make_collator
@@ -143,6 +144,8 @@ class TrainJob:
 
     ``prepare`` validates (model, key, data, resume point) and loads; ``open_run``
     creates or reuses the run folder; ``fit`` trains and writes the adapter and summary.
+    Rank 0 holds the run's training lock in ``locks`` from the moment the run is chosen:
+    a second process that tries to train into the same run fails at once.
     """
 
     cfg: Config
@@ -153,12 +156,13 @@ class TrainJob:
     eval_ts: TokenizedSplit
     has_cuda: bool
     dtype: torch.dtype
+    locks: contextlib.ExitStack
     resume_run: RunDir | None = None
     checkpoint: Path | None = None  # the checkpoint a resumed session continues from
     peaks: PhasePeaks = field(default_factory=PhasePeaks)  # peak RSS per phase, in train_summary.json
 
     @classmethod
-    def prepare(cls, cfg: Config, resume: str | None = None) -> TrainJob:
+    def prepare(cls, cfg: Config, resume: str | None, locks: contextlib.ExitStack) -> TrainJob:
         if cfg.train.num_threads:
             torch.set_num_threads(cfg.train.num_threads)
         has_cuda = torch.cuda.is_available()
@@ -169,6 +173,8 @@ class TrainJob:
         resume_run = checkpoint = None
         if resume:
             resume_run = RunDir.resolve(cfg.runs_dir, resume)
+            if state.is_main_process:
+                locks.enter_context(run_lock(resume_run.path))
             checkpoint = last_checkpoint(resume_run)
         ensure_available(cfg)
         quantization_config(cfg)  # QLoRA without CUDA fails here, with the fix
@@ -178,7 +184,7 @@ class TrainJob:
             eval_ts = load_tokenized(cfg, "eval", tokenizer=tokenizer)
         set_seed(cfg.seed)
         model = build_peft_model(cfg)
-        return cls(cfg, state, tokenizer, model, train_ts, eval_ts, has_cuda, resolve_dtype(cfg), resume_run, checkpoint)
+        return cls(cfg, state, tokenizer, model, train_ts, eval_ts, has_cuda, resolve_dtype(cfg), locks, resume_run, checkpoint)
 
     def open_run(self) -> RunDir:
         """Rank 0 creates (or reuses) the run folder and switches ``latest``; all ranks learn its path."""
@@ -188,6 +194,8 @@ class TrainJob:
                 run = self.resume_run
             else:
                 run = RunDir(new_run_dir(self.cfg.runs_dir, os.environ.get(RUN_NAME_ENV) or None))
+                # Locked before `latest` points at it, so that RESUME=latest cannot join it.
+                self.locks.enter_context(run_lock(run.path))
                 atomic_write_text(run.config, dump_config(self.cfg))
             mark_latest(run.path)
             holder[0] = str(run.path)
@@ -315,8 +323,14 @@ def _summary(job: TrainJob, run: RunDir, trainer, out, base_eval: float | None, 
 
 def train(cfg: Config, resume: str | None = None) -> RunDir:
     """Train a LoRA adapter; returns the run. ``resume``: 'latest', a run name or a folder."""
-    job = TrainJob.prepare(cfg, resume)  # every input validated before anything is written
-    run = job.open_run()  # `latest` switched now that the inputs are known good
+    with contextlib.ExitStack() as locks:  # the run's training lock, released when training ends
+        job = TrainJob.prepare(cfg, resume, locks)  # every input validated before anything is written
+        run = job.open_run()  # `latest` switched now that the inputs are known good
+        return _train(job, run)
+
+
+def _train(job: TrainJob, run: RunDir) -> RunDir:
+    cfg = job.cfg
     filelog = _FileLog(run.log if job.state.is_main_process else None)
     try:
         log.info(

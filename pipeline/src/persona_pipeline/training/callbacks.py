@@ -6,14 +6,17 @@ Imported only by the train stage, so transformers is imported at module level he
 from __future__ import annotations
 
 import logging
+import shutil
 import signal
 import threading
 import time
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from persona_pipeline.core.errors import PipelineError
 from persona_pipeline.core.procmem import PhasePeaks
@@ -84,6 +87,22 @@ class PersonaTrainer(Trainer):
             mega = self.args.train_batch_size * self.args.gradient_accumulation_steps
             return EpochLengthGroupedSampler(self._lengths, mega, self.args.seed)
         return super()._get_train_sampler(train_dataset)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """A save that fails (a full disk, most often) removes its incomplete folder and says which."""
+        folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        try:
+            super()._save_checkpoint(model, trial)
+        except Exception as exc:  # torch, safetensors and the OS each raise their own type
+            if self.args.should_save:
+                shutil.rmtree(folder, ignore_errors=True)
+            cause = (str(exc).strip().splitlines() or [""])[0][:200]
+            raise PipelineError(
+                f"saving checkpoint {folder} failed ({type(exc).__name__}: {cause}); the incomplete "
+                "checkpoint was removed, the earlier ones are intact",
+                hint=f"if the disk is full (df -h), free space, then continue with "
+                f"`make train RESUME={folder.parent.parent.name}`",
+            ) from exc
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs:
