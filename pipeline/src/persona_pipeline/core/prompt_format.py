@@ -12,6 +12,11 @@ Multi-turn prompts hold earlier turns before the last question::
 An answer ends where the model starts the next human turn (:data:`STOP`). The same
 format is also written here as a Jinja chat template (the tiny model's tokenizer)
 and as an Ollama Go template, so that every place that renders it reads it from here.
+
+Records are stored in this plain format. With ``model.prompt_format: chat_template``
+:func:`render_prompt` turns a stored prompt into the model's own chat template
+(system line, user and assistant turns) and :func:`render_completion` gives the answer as
+the template writes it; the answer then ends with the template's end-of-turn token (EOS).
 """
 
 from __future__ import annotations
@@ -19,6 +24,9 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any, Literal
+
+from persona_pipeline.core.errors import ConfigError
 
 HUMAN = "Human"
 SEP = "\n\n"
@@ -178,3 +186,50 @@ def ollama_template(persona: str) -> str:
         "{{- end }}"
         f"{SEP}{persona}:"
     )
+
+
+PromptFormat = Literal["plain", "chat_template"]
+
+
+def chat_messages(prompt: str) -> list[dict[str, str]]:
+    """A stored (plain) prompt as chat messages: system, then user / assistant turns ending with a user turn."""
+    p = parse_prompt(prompt)
+    messages = [{"role": "system", "content": system_line(p.name, p.system)}]
+    for q, a in p.history:
+        messages += [{"role": "user", "content": q.strip()}, {"role": "assistant", "content": a.strip()}]
+    messages.append({"role": "user", "content": p.question.strip()})
+    return messages
+
+
+def render_prompt(prompt: str, fmt: PromptFormat, tokenizer: Any) -> str:
+    """The text the model is given for a stored prompt: as stored, or through the tokenizer's chat template."""
+    if fmt == "plain":
+        return prompt
+    if not getattr(tokenizer, "chat_template", None):
+        raise ConfigError(
+            f"model.prompt_format is chat_template, but the tokenizer ({getattr(tokenizer, 'name_or_path', '?')}) has no chat template",
+            hint="set model.prompt_format: plain in the config",
+        )
+    text = tokenizer.apply_chat_template(chat_messages(prompt), tokenize=False, add_generation_prompt=True)
+    # Templates that write BOS themselves (Llama 3) would get a second one from a tokenizer that adds it.
+    bos = tokenizer.bos_token
+    if bos and text.startswith(bos) and tokenizer("")["input_ids"][:1] == [tokenizer.bos_token_id]:
+        text = text[len(bos):]
+    return text
+
+
+def render_completion(prompt: str, completion: str, fmt: PromptFormat, tokenizer: Any) -> str:
+    """The answer text that follows the rendered prompt, as the template writes it (ChatML: no leading space;
+    a template ending in "<Name>:" keeps it). The end-of-turn after it is the tokenizer's EOS, added when tokenizing."""
+    if fmt == "plain":
+        return completion
+    answer = completion.strip()
+    head = render_prompt(prompt, fmt, tokenizer)
+    full = tokenizer.apply_chat_template(chat_messages(prompt) + [{"role": "assistant", "content": answer}], tokenize=False)
+    bos = tokenizer.bos_token
+    if bos and not head.startswith(bos) and full.startswith(bos):
+        full = full[len(bos):]
+    end = full.rfind(answer)
+    if full.startswith(head) and end >= len(head):
+        return full[len(head) : end + len(answer)]
+    return answer

@@ -100,6 +100,9 @@ def build(tp: Any, value: Any, where: str) -> Any:
         args = get_args(tp)
         if value is None and type(None) in args:
             return None
+        options = [a for a in args if a is not type(None)]
+        if len(options) == 1:  # X | None: X's own message says what is wrong (e.g. a missing field)
+            return build(options[0], value, where)
         for arg in args:
             if arg is type(None):
                 continue

@@ -23,6 +23,7 @@ from persona_pipeline.data.review import Decision, apply_decisions
 from persona_pipeline.data.split import containment, eval_count, hold_out, settle, split_templates
 from persona_pipeline.data.synth import ORIGINS, Draft, Templates, contrastive, hypothetical
 from persona_pipeline.data.transcripts import Pair
+from persona_pipeline.data.writer import ModelWriter
 
 
 @dataclass
@@ -126,6 +127,7 @@ def _record(p: Persona, final: Draft, group: str, history: Sequence[Draft] = ())
             "source": final.source,
             "origin": final.origin,
             "reviewed": final.reviewed,
+            "writer": final.writer,
             "turns": len(history) + 1,
         },
     }
@@ -133,7 +135,7 @@ def _record(p: Persona, final: Draft, group: str, history: Sequence[Draft] = ())
 
 def _side_drafts(
     cfg: Config, views: dict[str, Persona], extracted: list[Draft], lines: Templates, is_eval: bool,
-    decisions: dict[str, Decision],
+    decisions: dict[str, Decision], writer: ModelWriter | None = None, eval_answers: Sequence[str] = (),
 ) -> tuple[list[Draft], dict[str, int]]:
     """One side's single-turn drafts, generated only from that side's persona views and lines,
     with the review decisions applied (and the review counts).
@@ -148,6 +150,8 @@ def _side_drafts(
         n_hypo, n_contra = g.hypothetical_per_persona - n_hypo, g.contrastive_per_persona - n_contra
     hypo = [d for p in views.values() for d in hypothetical(p, n_hypo, g.seed)]
     contra = [d for p in views.values() for d in contrastive(p, n_contra, g.seed, lines)]
+    if writer is not None:  # model-written answers to the same questions, filtered
+        hypo = writer.rewrite(views, hypo, extracted, extracted + hypo + contra, eval_answers)
     base = extracted + hypo + contra
     if is_eval:  # generated seed groups are numbered per persona and side; transcript ones name their turn
         base = [dataclasses.replace(d, seed_group=f"eval|{d.seed_group}") for d in base]
@@ -165,9 +169,13 @@ def _views(cfg: Config, personas: dict[str, Persona]) -> dict[str, tuple[Persona
 
 
 def make_drafts(
-    cfg: Config, personas: dict[str, Persona], pairs: list[Pair], decisions: dict[str, Decision] | None = None
+    cfg: Config, personas: dict[str, Persona], pairs: list[Pair], decisions: dict[str, Decision] | None = None,
+    writer: ModelWriter | None = None,
 ) -> tuple[list[list[Draft]], dict[str, int]]:
-    """The train and eval sides' single-turn drafts (review decisions applied) and the review counts."""
+    """The train and eval sides' single-turn drafts (review decisions applied) and the review counts.
+
+    The eval side is built first: a writer model's train answers are checked for leakage against it.
+    """
     g = cfg.generate
     views = _views(cfg, personas)
     lines = split_templates(g.eval_fraction, g.seed)
@@ -175,20 +183,25 @@ def make_drafts(
     # Transcript turns: whole near-duplicate groups to one side, about eval_fraction of each persona's.
     ex_groups = near_duplicate_groups([Sample(d.question, d.answer, d.seed_group) for d in extracted], g.near_duplicate_threshold)
     ex_eval = split_groups(ex_groups, [d.persona for d in extracted], g.eval_fraction, g.seed)
-    sides, counts = [], {}
-    for side in (0, 1):
+    sides: list[list[Draft]] = [[], []]
+    counts: dict[str, int] = {}
+    for side in (1, 0):
         drafts, c = _side_drafts(cfg, {n: v[side] for n, v in views.items()},
                                  [d for d, gi in zip(extracted, ex_groups, strict=True) if (gi in ex_eval) == bool(side)],
-                                 lines[side], bool(side), decisions or {})
-        sides.append(drafts)
+                                 lines[side], bool(side), decisions or {}, writer if side == 0 else None,
+                                 [d.answer for d in sides[1]])
+        sides[side] = drafts
         counts = {k: counts.get(k, 0) + v for k, v in c.items()}
     return sides, counts
 
 
-def build(cfg: Config, personas: dict[str, Persona], pairs: list[Pair], decisions: dict[str, Decision] | None = None) -> Dataset:
-    """Everything except reading inputs and writing outputs (pure and deterministic)."""
+def build(
+    cfg: Config, personas: dict[str, Persona], pairs: list[Pair], decisions: dict[str, Decision] | None = None,
+    writer: ModelWriter | None = None,
+) -> Dataset:
+    """Everything except reading inputs and writing outputs (deterministic; the writer model is greedy and cached)."""
     g = cfg.generate
-    sides, review = make_drafts(cfg, personas, pairs, decisions)
+    sides, review = make_drafts(cfg, personas, pairs, decisions, writer)
     views = _views(cfg, personas)
     drafts = _dedupe_exact(sides[0] + sides[1])  # an exact duplicate keeps its train copy
     eval_ids = {id(d) for d in sides[1]}
@@ -233,6 +246,7 @@ def build(cfg: Config, personas: dict[str, Persona], pairs: list[Pair], decision
         "derived_questions": sum(d.derived_question for d in drafts),
         # Human review (make review): decisions applied to this data; stale = text changed since review.
         "review": review,
+        "writer": dataclasses.asdict(writer.report) if writer else {"mode": "templates"},
         "groups": {
             "total": len(sizes),
             "eval": len(eval_groups),

@@ -97,6 +97,7 @@ class Draft:
     origin: str = "invented"
     derived_question: bool = False  # extracted: the question was derived, not asked in the transcript
     reviewed: str | None = None  # accept | edit once a person reviewed it (make review)
+    writer: str = "templates"  # templates | model (hypothetical answers written by generate.writer_model)
 
 
 ORIGINS = ("quote", "quote_derived", "invented")

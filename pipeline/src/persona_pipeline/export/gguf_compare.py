@@ -17,6 +17,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from persona_pipeline.core.config import Config
 from persona_pipeline.core.errors import PipelineError
 from persona_pipeline.core.modeling import device, resolve_dtype
+from persona_pipeline.core.prompt_format import render_prompt
 from persona_pipeline.export.gguf_io import open_weights, read_gguf, read_hf_config, unpermute_qk
 from persona_pipeline.export.llamacpp import LlamaCppModel, runtime_library
 
@@ -96,7 +97,8 @@ def _compare_prompt(model, tokenizer, llm, prompt: str, ids: list[int], max_new:
         margin = float(ref[first_div][hf_new[first_div]] - ref[first_div][cpp_new[first_div]])
     return {
         "prompt_tokens": len(ids),
-        "tokenization_equal": llm.tokenize(prompt) == ids,
+        # transformers turns special-token text (a chat template's <|im_start|>) into those tokens; so must llama.cpp.
+        "tokenization_equal": llm.tokenize(prompt, parse_special=True) == ids,
         "next_token_max_logit_diff": float(diff[0].max()),
         "max_logit_diff": float(diff.max()),
         "top1_agreement": float(top1.mean()),
@@ -118,6 +120,7 @@ def compare_with_llamacpp(cfg: Config, gguf_file: Path, merged: Path, prompts: l
     model, tokenizer = _hf_reference(cfg, merged)
     eos_ids = _eos_ids(model, tokenizer)
     max_new = cfg.gguf.check_max_new_tokens
+    prompts = [render_prompt(p, cfg.model.prompt_format, tokenizer) for p in prompts]
     encoded = [tokenizer(p)["input_ids"] for p in prompts]
     n_ctx = -(-(max(len(e) for e in encoded) + max_new + 8) // 256) * 256  # room for prompt + continuation
     with LlamaCppModel(gguf_file, n_ctx=n_ctx, threads=cfg.gguf.threads) as llm:

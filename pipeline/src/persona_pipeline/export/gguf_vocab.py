@@ -68,13 +68,16 @@ def detect_pre_tokenizer(pre_tokenizer: dict[str, Any] | None, source: Path) -> 
     kinds = [p.get("type") for p in parts]
     if kinds == ["ByteLevel"] and parts[0].get("use_regex", True) and not parts[0].get("add_prefix_space", False):
         return "gpt-2"  # GPT-2's own regex, applied inside ByteLevel
+    if (kinds == ["Digits", "ByteLevel"] and parts[0].get("individual_digits")
+            and parts[1].get("use_regex", True) and not parts[1].get("add_prefix_space", False)):
+        return "smollm"  # SmolLM / SmolLM2: each digit on its own, then GPT-2's regex
     if kinds == ["Split", "ByteLevel"] and not parts[1].get("use_regex", True):
         regex = (parts[0].get("pattern") or {}).get("Regex")
         if regex in _KNOWN_SPLITS:
             return _KNOWN_SPLITS[regex]
     raise PipelineError(
         f"{source}: unrecognised byte-level pre-tokenizer {json.dumps(pre_tokenizer)[:200]}",
-        hint="the exporter knows gpt-2 and llama-bpe (Llama 3); for other tokenizers use "
+        hint="the exporter knows gpt-2, smollm and llama-bpe (Llama 3); for other tokenizers use "
         "llama.cpp's convert_hf_to_gguf.py, which recognises many more",
     )
 

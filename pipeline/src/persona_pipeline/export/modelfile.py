@@ -5,7 +5,8 @@ with that persona's name ("...\\n\\nTilda:"), so each persona gets its own
 Modelfile (``Modelfile.<Persona>``) whose SYSTEM line and TEMPLATE
 (:func:`~persona_pipeline.core.prompt_format.ollama_template`) reproduce the
 format exactly; ``Modelfile`` is the first persona's. Generation stops at the
-next human turn (and at EOS, read from the GGUF).
+next human turn (and at EOS, read from the GGUF). With ``model.prompt_format:
+chat_template`` there is no TEMPLATE: Ollama uses the chat template stored in the GGUF.
 """
 
 from __future__ import annotations
@@ -32,9 +33,11 @@ def modelfile_text(cfg: Config, gguf_file: Path, persona: str, system: str, eos_
         f"# Run:     ollama run {model_name(cfg, persona)}",
         f"FROM ./{Path(gguf_file).name}",
         f'SYSTEM """{system_line(persona, system)}"""',
-        f'TEMPLATE """{ollama_template(persona)}"""',
-        f'PARAMETER stop """{STOP}"""',
     ]
+    if cfg.model.prompt_format == "plain":
+        lines += [f'TEMPLATE """{ollama_template(persona)}"""', f'PARAMETER stop """{STOP}"""']
+    else:  # Ollama renders the chat template stored in the GGUF (tokenizer.chat_template), as in training
+        lines.append("# TEMPLATE: the model's own chat template, read by Ollama from the GGUF")
     if eos_token:
         lines.append(f'PARAMETER stop "{eos_token}"')
     lines += [

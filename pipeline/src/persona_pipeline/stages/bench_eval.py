@@ -21,6 +21,7 @@ from persona_pipeline.core.config import Config
 from persona_pipeline.core.errors import PipelineError
 from persona_pipeline.core.fsutil import atomic_write_json
 from persona_pipeline.core.modeling import device
+from persona_pipeline.core.prompt_format import render_prompt
 from persona_pipeline.core.records import persona_of, read_eval_set
 from persona_pipeline.core.runs import RunDir, bench_file
 from persona_pipeline.evaluation.generation import GenerationSettings, generate, load_eval_model, plan_batches, set_eval_threads
@@ -48,8 +49,8 @@ def benchmark(cfg: Config, *, samples: int = 32, repeats: int = 3) -> dict:
     """Run the benchmark and write ``outputs/bench/bench_eval.json``; returns its content."""
     records, sha = read_eval_set(cfg)
     chosen = select_samples(records, cfg.eval.personas, samples, str(cfg.resolve(cfg.data.eval)))
-    prompts = [r["prompt"] for r in chosen]
     model, tokenizer, desc = _model_for_bench(cfg)
+    prompts = [render_prompt(r["prompt"], cfg.model.prompt_format, tokenizer) for r in chosen]
     settings = replace(GenerationSettings.from_config(cfg), do_sample=False)
     bs = cfg.eval.batch_size
 

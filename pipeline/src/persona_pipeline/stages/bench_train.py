@@ -22,12 +22,10 @@ the RSS at that point is the memory the training steps needed.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import pickle
 import platform
-import re
 import statistics
 import subprocess
 import sys
@@ -39,11 +37,13 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from persona_pipeline.core import procmem
 from persona_pipeline.core.config import Config
 from persona_pipeline.core.fsutil import atomic_write_json
 from persona_pipeline.core.modeling import build_peft_model, load_tokenizer
 from persona_pipeline.core.modeling import device as pick_device
 from persona_pipeline.core.runs import bench_file
+from persona_pipeline.training.benchmark import config_arg, without_lora_dropout
 from persona_pipeline.training.collate import EpochLengthGroupedSampler, make_collator, padded_tokens, real_tokens
 from persona_pipeline.training.tokenized import load_tokenized
 
@@ -56,11 +56,6 @@ TARGET_RATIO = 3.0
 
 def bench_path(cfg: Config) -> Path:
     return bench_file(cfg.outputs_dir, "bench_train.json")
-
-
-def _bench_cfg(cfg: Config) -> Config:
-    """The config with LoRA dropout off (see the module docstring)."""
-    return dataclasses.replace(cfg, lora=dataclasses.replace(cfg.lora, lora_dropout=0.0))
 
 
 def pick_batches(lengths: list[int], batch_size: int, n: int, seed: int) -> list[list[int]]:
@@ -100,11 +95,6 @@ def _train_steps(model, init_state, batches, lr: float, device) -> tuple[list[fl
     return losses, times
 
 
-def _rss_kib(field: str) -> int:
-    m = re.search(rf"{field}:\s+(\d+)", Path("/proc/self/status").read_text())
-    return int(m.group(1)) if m else 0
-
-
 def _memory_child(cfg: Config, variant: str, batch_samples: list[list[dict]]) -> float:
     """In a fresh process: load, reset the RSS peak, train 2 steps with ``variant``; the peak growth (MiB)."""
     if cfg.train.num_threads:
@@ -114,15 +104,15 @@ def _memory_child(cfg: Config, variant: str, batch_samples: list[list[dict]]) ->
     coll = _collators(tok.pad_token_id, cfg.data.max_length)[variant]
     batches = [coll(b) for b in batch_samples]
     init = {k: v.clone() for k, v in model.state_dict().items() if "lora_" in k}
-    Path("/proc/self/clear_refs").write_text("5")  # VmHWM := current RSS
-    before = _rss_kib("VmRSS")
+    procmem.reset_peak()
+    before = procmem.read_mib("VmRSS")
     _train_steps(model, init, batches, cfg.train.learning_rate, torch.device("cpu"))
-    return (_rss_kib("VmHWM") - before) / 1024
+    return procmem.read_mib("VmHWM") - before
 
 
 def _cpu_peak_memory(cfg: Config, batch_samples: list[list[dict]]) -> dict[str, float | None]:
     """One fresh ``python -m persona_pipeline.stages.bench_train`` per variant (run side by side: RSS is per process)."""
-    if not Path("/proc/self/clear_refs").exists():
+    if not procmem.available():
         return {v: None for v in VARIANTS}
     procs = {}
     for variant in VARIANTS:
@@ -151,7 +141,7 @@ def bench(cfg: Config, *, steps: int = 8, repeats: int = 3, memory: bool = True,
 
     ``command`` is recorded as the way to reproduce the figures (default: the make target).
     """
-    bcfg = _bench_cfg(cfg)
+    bcfg = without_lora_dropout(cfg)
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
     tok = load_tokenizer(bcfg)
@@ -253,24 +243,15 @@ def bench(cfg: Config, *, steps: int = 8, repeats: int = 3, memory: bool = True,
             "loop": "plain PyTorch loop (forward, backward, AdamW step) over the same collators the Trainer uses",
         },
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__},
-        "command": command or f"make bench-train TRAIN_CONFIG={_config_arg(cfg)}",
+        "command": command or f"make bench-train TRAIN_CONFIG={config_arg(cfg)}",
     }
     atomic_write_json(bench_path(cfg), result)
     return result
 
 
-def _config_arg(cfg: Config) -> str:
-    if cfg.source_file is None:
-        return "configs/train_tiny.yaml"
-    try:
-        return str(cfg.source_file.relative_to(cfg.root))
-    except ValueError:
-        return str(cfg.source_file)
-
-
 def run(cfg: Config, *, steps: int = 8, repeats: int = 3, overrides: tuple[str, ...] = ()) -> int:
     overrides = " ".join(overrides)
-    command = (f"make bench-train TRAIN_CONFIG={_config_arg(cfg)} BENCH_ARGS='--steps {steps} --repeats {repeats}'"
+    command = (f"make bench-train TRAIN_CONFIG={config_arg(cfg)} BENCH_ARGS='--steps {steps} --repeats {repeats}'"
                + (f" ARGS='{overrides}'" if overrides else ""))
     res = bench(cfg, steps=steps, repeats=repeats, command=command)
     s, v = res["summary"], res["variants"]

@@ -3,8 +3,11 @@
 Steps: load personas -> ingest transcripts (*extracted*) -> split the sources
 (data/split.py: transcript turns by near-duplicate group; persona topics, facts,
 domains and style phrases into a train and an eval view) -> per side,
-*hypothetical* and *contrastive* samples from that side's views and *transformed*
-variants of its extracted and hypothetical samples -> groups linking
+*hypothetical* (templates, or with ``generate.writer: model`` written by a local
+model on the train side, filtered; data/writer.py) and *contrastive* samples from
+that side's views, the human review decisions of ``make review`` applied
+(data/review.py), and *transformed* variants of its extracted and hypothetical
+samples -> groups linking
 near-duplicates and answers that share an 8-word run; a group reaching into
 train goes to train whole -> multi-turn prompts composed inside each split (so
 they cannot leak) -> write ``train.jsonl.enc``, ``eval.jsonl.enc`` and
@@ -29,6 +32,7 @@ from persona_pipeline.data.personas import load_personas
 from persona_pipeline.data.review import load_decisions
 from persona_pipeline.data.synth import ORIGINS
 from persona_pipeline.data.transcripts import TranscriptStats, check_fact_sources, ingest_all
+from persona_pipeline.data.writer import ModelWriter
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +62,11 @@ def _table(stats: dict[str, Any], transcripts: list[TranscriptStats]) -> str:
     share = stats["origin_share"]
     lines.append("origin of all records: " + ", ".join(f"{k} {share[k]:.1%}" for k in ORIGINS)
                  + f"; questions derived by rule: {stats['derived_questions']}")
+    wr = stats["writer"]
+    if wr["mode"] == "model":
+        why = ", ".join(f"{n} {r}" for r, n in wr["filtered"].items() if n) or "none"
+        lines.append(f"writer model {wr['model']}: {wr['written']} hypothetical answers written ({wr['cached']} cached), "
+                     f"{wr['kept']} kept, {wr['written'] - wr['kept']} filtered ({why}) in {wr['seconds']:.1f}s")
     rv = stats["review"]
     lines.append(f"human review: {rv['accepted']} accepted, {rv['rejected']} rejected, {rv['edited']} edited, "
                  f"{rv['stale']} stale, {rv['unreviewed']} generated samples not reviewed yet (make review)")
@@ -81,13 +90,25 @@ def _transcript_stats(t: TranscriptStats, with_labels: bool) -> dict[str, Any]:
     return row
 
 
+def _volume_gate(cfg: Config, stats: dict[str, Any]) -> None:
+    """The seed aims at ~1,500 quality samples: say where the data stands, warn when a writer could close the gap."""
+    total = sum(stats["records"].values())
+    target = cfg.generate.target_records
+    quote = stats["origin_share"]["quote"]
+    print(f"volume: {total} records (target ~{target}); real quotes {quote:.1%} of the records")
+    if total < target and cfg.generate.writer == "model":
+        log.warning("only %d records, below the target of ~%d: raise generate.hypothetical_per_persona "
+                    "(the writer model writes one answer per hypothetical question) or add transcripts", total, target)
+
+
 def run(cfg: Config) -> int:
     start = time.perf_counter()
     personas = load_personas(cfg)
     pairs, tstats = ingest_all(cfg, personas)
     facts = check_fact_sources(personas, pairs, tstats)
     key = ensure_key(cfg)
-    dataset = build(cfg, personas, pairs, load_decisions(cfg.resolve(cfg.generate.review_file), key))
+    writer = ModelWriter(cfg, key) if cfg.generate.writer == "model" else None
+    dataset = build(cfg, personas, pairs, load_decisions(cfg.resolve(cfg.generate.review_file), key), writer)
 
     out_dir = cfg.resolve(cfg.generate.output_dir)
     train_path, eval_path = out_dir / "train.jsonl.enc", out_dir / "eval.jsonl.enc"
@@ -109,6 +130,7 @@ def run(cfg: Config) -> int:
     print(_table(stats, tstats))
     print(f"\nwrote {len(dataset.train)} train + {len(dataset.eval)} eval records (encrypted) to {out_dir} "
           f"in {stats['seconds']:.2f}s; stats: {out_dir / DATA_STATS}")
+    _volume_gate(cfg, stats)
     missing = [t.file for t in tstats if t.status == "missing"]
     if missing:
         print(f"note: {len(missing)} transcript(s) not found and skipped: {', '.join(missing)}", file=sys.stderr)

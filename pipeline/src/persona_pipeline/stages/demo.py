@@ -1,4 +1,5 @@
-"""``make demo``: every stage end to end on the tiny CPU model, then a table of what happened.
+"""``make demo``: every stage end to end on the tiny CPU model, then a table of what happened; ``make
+quality``: the same on a real pretrained model (SmolLM2), with GGUF F16 and Q8_0.
 
 Each stage runs through the same entry point as its make target (the stage table,
 with the options it declares), in this process, so the demo exercises exactly
@@ -15,6 +16,7 @@ from typing import Any
 
 from persona_pipeline.core.config import Config, load_config
 from persona_pipeline.core.errors import PipelineError
+from persona_pipeline.core.gguf_source import PROVENANCE
 from persona_pipeline.core.runs import BUILD_INFO, DATA_STATS, RunDir, read_json
 from persona_pipeline.stages import by_name, resolve
 
@@ -51,11 +53,13 @@ def _fmt(value: Any, digits: int = 3) -> str:
 
 
 DEMO_QUANT = "Q8_0"
+QUALITY_QUANTS = ("F16", "Q8_0")
 
 
-def plan(force: bool) -> list[Step]:
+def pipeline_steps(force: bool, gguf_types: tuple[str, ...]) -> list[Step]:
+    """base-model .. compare, then a GGUF export and its llama.cpp check per type (demo and quality)."""
     f = {"force": force}
-    return [
+    steps = [
         Step("base-model", "train", f),
         Step("data", "train"),
         Step("validate-data", "train"),
@@ -65,16 +69,30 @@ def plan(force: bool) -> list[Step]:
         Step("eval", "baseline"),
         Step("eval", "eval"),
         Step("compare", "eval"),
-        Step("gguf", "train", {"force": True}, [f"gguf.quant={DEMO_QUANT}"]),
-        Step("gguf-check", "train", {}, [f"gguf.quant={DEMO_QUANT}"]),
-        Step("publish-hf", "train", {"dry_run": True}, ["publish.repo_id=demo/personas"]),
     ]
+    for quant in gguf_types:
+        steps += [Step("gguf", "train", {"force": True}, [f"gguf.quant={quant}"]),
+                  Step("gguf-check", "train", {}, [f"gguf.quant={quant}"])]
+    return steps
+
+
+def plan(force: bool) -> list[Step]:
+    return [*pipeline_steps(force, (DEMO_QUANT,)),
+            Step("publish-hf", "train", {"dry_run": True}, ["publish.repo_id=demo/personas"])]
+
+
+def quality_plan(force: bool) -> list[Step]:
+    """`make quality`: the same pipeline on a real pretrained model; F16 must match transformers in llama.cpp."""
+    return pipeline_steps(force, QUALITY_QUANTS)
 
 
 def _figures(step: Step, cfg: Config, run: RunDir | None) -> tuple[str, str]:
     """One line of key figures and where the stage's output lies (read back from its files)."""
     if step.stage == "base-model":
         model_dir = cfg.resolve(cfg.model.name_or_path)
+        if cfg.base_model.from_gguf is not None:
+            info = read_json(model_dir / PROVENANCE, written_by="make base-model")
+            return f"{info['parameters'] / 1e6:.1f}M params, dequantized from {info['dequantized_from']}", str(model_dir)
         info = read_json(model_dir / BUILD_INFO, written_by="make base-model")
         return f"{info['parameters'] / 1e6:.1f}M params, vocab {info['vocab_size']}", str(model_dir)
     if step.stage == "data":
@@ -97,8 +115,9 @@ def _figures(step: Step, cfg: Config, run: RunDir | None) -> tuple[str, str]:
     if step.stage == "compare":
         return "", str(run.compare)
     if step.stage == "gguf-check":
-        c = read_json(run.gguf_check(DEMO_QUANT), written_by="make gguf-check")
-        agree = (f"top-1 agree {_fmt(c['top1_agreement'])}, max |dlogit| {_fmt(c['max_logit_diff'], 4)}, "
+        quant = next(o.split("=", 1)[1] for o in step.overrides if o.startswith("gguf.quant="))
+        c = read_json(run.gguf_check(quant), written_by="make gguf-check")
+        agree = (f"{quant}: top-1 agree {_fmt(c['top1_agreement'])}, max |dlogit| {_fmt(c['max_logit_diff'], 4)}, "
                  f"greedy equal {c['greedy_equal']}/{c['prompts']}") if c["mode"] == "llama.cpp" else \
             f"tensors only: max rel. error {c['max_rel_rms_error']:.2e}"
         return agree, str(run.gguf)
@@ -110,6 +129,14 @@ def _figures(step: Step, cfg: Config, run: RunDir | None) -> tuple[str, str]:
 
 
 def run(cfg: Config, *, force: bool = False, overrides: tuple[str, ...] = ()) -> int:
+    return _run_plan(cfg, plan(force), overrides)
+
+
+def quality(cfg: Config, *, force: bool = False, overrides: tuple[str, ...] = ()) -> int:
+    return _run_plan(cfg, quality_plan(force), overrides)
+
+
+def _run_plan(cfg: Config, steps: list[Step], overrides: tuple[str, ...]) -> int:
     if cfg.source_file is None:
         raise PipelineError("demo: config has no source file")
     configs = {
@@ -117,7 +144,6 @@ def run(cfg: Config, *, force: bool = False, overrides: tuple[str, ...] = ()) ->
         "eval": _sibling(cfg.source_file, "eval_"),
         "baseline": _sibling(cfg.source_file, "eval_", "_baseline"),
     }
-    steps = plan(force)
     run_dir: RunDir | None = None
     total = time.perf_counter()
     for i, step in enumerate(steps, 1):

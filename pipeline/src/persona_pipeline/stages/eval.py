@@ -20,6 +20,7 @@ from typing import Any
 from persona_pipeline.core.config import Config
 from persona_pipeline.core.errors import DataError
 from persona_pipeline.core.modeling import device
+from persona_pipeline.core.prompt_format import render_prompt
 from persona_pipeline.core.records import is_encrypted, persona_of, read_dataset, read_eval_set
 from persona_pipeline.core.runs import BASELINES_DIR, LATEST, EvalDir, RunDir
 from persona_pipeline.data.personas import load_personas
@@ -77,7 +78,8 @@ def evaluate(cfg: Config, run_dir: RunDir | None, out: EvalDir) -> dict:
     model, tokenizer, model_desc = load_eval_model(cfg, run_dir)
     t1 = time.perf_counter()
     settings = GenerationSettings.from_config(cfg)
-    gens = generate(model, tokenizer, [r["prompt"] for r in chosen], settings,
+    prompts = [render_prompt(r["prompt"], cfg.model.prompt_format, tokenizer) for r in chosen]
+    gens = generate(model, tokenizer, prompts, settings,
                     batch_size=cfg.eval.batch_size, desc=f"eval {cfg.eval.source}")
     t2 = time.perf_counter()
     del model
@@ -111,7 +113,7 @@ def evaluate(cfg: Config, run_dir: RunDir | None, out: EvalDir) -> dict:
                      "prompts_sha256": prompts_digest([(s["prompt"], s["reference"]) for s in samples]),
                      "containment": _containment(train_records, samples)},
         "train_set": {"path": str(train_path), "sha256": train_sha, "n_records": len(train_records)},
-        "generation": {**settings.to_dict(), "batch_size": cfg.eval.batch_size},
+        "generation": {**settings.to_dict(), "batch_size": cfg.eval.batch_size, "prompt_format": cfg.model.prompt_format},
         **groups,
         "fidelity": fidelity,
         "embeddings": emb_status.to_dict(),

@@ -22,6 +22,7 @@ from persona_pipeline.data.dataset import make_drafts
 from persona_pipeline.data.personas import load_personas
 from persona_pipeline.data.review import decide, load_decisions, needs_review, sample_id, save_decisions
 from persona_pipeline.data.transcripts import ingest_all
+from persona_pipeline.data.writer import ModelWriter
 
 KEYS = {"a": "accept", "r": "reject", "e": "edit", "s": "skip", "q": "quit"}
 PROMPT = "[a]ccept  [r]eject  [e]dit  [s]kip  [q]uit > "
@@ -40,7 +41,8 @@ def run(cfg: Config) -> int:
     decisions = load_decisions(path, key)
     personas = load_personas(cfg)
     pairs, _ = ingest_all(cfg, personas)
-    sides, _ = make_drafts(cfg, personas, pairs, decisions)
+    writer = ModelWriter(cfg, key) if cfg.generate.writer == "model" else None  # cached answers, as make data
+    sides, _ = make_drafts(cfg, personas, pairs, decisions, writer)
     pending = [d for side in sides for d in side if needs_review(d) and d.reviewed is None]
     print(f"{len(pending)} generated sample(s) to review; decisions go to {path} (encrypted)")
     done = {"accept": 0, "reject": 0, "edit": 0, "skip": 0}

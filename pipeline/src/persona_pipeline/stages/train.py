@@ -19,7 +19,7 @@ import logging
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,15 +28,17 @@ import transformers
 import yaml
 from accelerate import PartialState
 from accelerate.utils import broadcast_object_list
-from transformers import TrainingArguments, set_seed
+from transformers import set_seed
 from transformers.integrations import TensorBoardCallback
 
 from persona_pipeline.core.config import Config, dump_config
 from persona_pipeline.core.errors import PipelineError
 from persona_pipeline.core.fsutil import atomic_dir, atomic_write_json, atomic_write_text
 from persona_pipeline.core.modeling import build_peft_model, ensure_available, load_tokenizer, quantization_config, resolve_dtype
+from persona_pipeline.core.procmem import PhasePeaks
 from persona_pipeline.core.runs import RunDir, mark_latest, new_run_dir, read_json, run_lock
-from persona_pipeline.training.callbacks import LogLines, PersonaTrainer, StopOnSignal, use_quiet_progress
+from persona_pipeline.training.arguments import training_arguments
+from persona_pipeline.training.callbacks import LogLines, PersonaTrainer, RssPhases, StopOnSignal, use_quiet_progress
 from persona_pipeline.training.collate import TokenizedDataset, make_collator
 from persona_pipeline.training.tokenized import TokenizedSplit, load_tokenized
 
@@ -136,43 +138,6 @@ class _FileLog:
 # --------------------------------------------------------------------------- training
 
 
-def _training_arguments(cfg: Config, run: RunDir, *, has_cuda: bool, dtype: torch.dtype) -> TrainingArguments:
-    t = cfg.train
-    by_steps = t.save_steps is not None and t.save_steps > 0
-    return TrainingArguments(
-        output_dir=str(run.checkpoints),
-        per_device_train_batch_size=t.batch_size,
-        per_device_eval_batch_size=t.batch_size,
-        gradient_accumulation_steps=t.gradient_accumulation_steps,
-        learning_rate=t.learning_rate,
-        lr_scheduler_type=t.lr_scheduler,
-        warmup_steps=t.warmup_ratio,  # a float below 1 is a ratio of the total steps
-        weight_decay=t.weight_decay,
-        max_grad_norm=t.max_grad_norm,
-        num_train_epochs=t.epochs,
-        max_steps=t.max_steps,
-        optim=t.optim,
-        logging_steps=t.logging_steps,
-        logging_first_step=True,
-        eval_strategy="epoch",
-        save_strategy="steps" if by_steps else "epoch",
-        save_steps=t.save_steps if by_steps else 500,
-        save_total_limit=t.save_total_limit,
-        seed=cfg.seed,
-        bf16=has_cuda and dtype == torch.bfloat16,
-        fp16=has_cuda and dtype == torch.float16,
-        gradient_checkpointing=t.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
-        dataloader_pin_memory=has_cuda,
-        use_cpu=not has_cuda,
-        include_num_input_tokens_seen="non_padding",
-        ddp_find_unused_parameters=False,
-        remove_unused_columns=False,
-        label_names=["labels"],
-        report_to=[r for r in t.report_to if r != "tensorboard"] or "none",
-    )
-
-
 @dataclass
 class TrainJob:
     """One training session: every input checked and loaded, before the run folder exists.
@@ -194,6 +159,7 @@ class TrainJob:
     locks: contextlib.ExitStack
     resume_run: RunDir | None = None
     checkpoint: Path | None = None  # the checkpoint a resumed session continues from
+    peaks: PhasePeaks = field(default_factory=PhasePeaks)  # peak RSS per phase, in train_summary.json
 
     @classmethod
     def prepare(cls, cfg: Config, resume: str | None, locks: contextlib.ExitStack) -> TrainJob:
@@ -249,14 +215,15 @@ class TrainJob:
                                  pad_to_multiple_of=8 if self.has_cuda else None)
         trainer = PersonaTrainer(
             model=self.model,
-            args=_training_arguments(cfg, run, has_cuda=self.has_cuda, dtype=self.dtype),
+            args=training_arguments(cfg, run.checkpoints, has_cuda=self.has_cuda, dtype=self.dtype),
             train_dataset=TokenizedDataset(self.train_ts.samples),
             eval_dataset=TokenizedDataset(self.eval_ts.samples),
             data_collator=collator,
             processing_class=self.tokenizer,
             train_lengths=self.train_ts.lengths,
             batching=cfg.train.batching,
-            callbacks=[LogLines(), stopper],
+            loss_chunk_size=cfg.train.loss_chunk_size,
+            callbacks=[LogLines(), stopper, RssPhases(self.peaks)],
         )
         use_quiet_progress(trainer)
         if "tensorboard" in cfg.train.report_to:
@@ -279,6 +246,7 @@ class TrainJob:
     def fit(self, run: RunDir) -> RunDir:
         """Trainer set-up, base eval, the training loop, then adapter + summary (rank 0)."""
         stopper = StopOnSignal()
+        self.peaks.mark("load")  # from process start: imports, model, tokenized data
         trainer = self._trainer(run, stopper)
         base_eval = self._base_eval(trainer, run)
         old_handlers = stopper.install()
@@ -300,7 +268,10 @@ class TrainJob:
             with atomic_dir(run.adapter) as tmp:
                 trainer.model.save_pretrained(tmp)
                 self.tokenizer.save_pretrained(tmp)
+            self.peaks.mark("save_adapter")
             summary = _summary(self, run, trainer, out, base_eval, seconds)
+            summary["peak_rss_mib"] = self.peaks.report()  # this process (rank 0), per phase: core/procmem.py
+            log.info("peak RSS by phase (MiB): %s", summary["peak_rss_mib"])
             atomic_write_json(run.train_summary, summary)
             log.info(
                 "done: eval loss %s -> %s, %d tokens in %.0fs; adapter in %s",

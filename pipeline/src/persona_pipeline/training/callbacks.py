@@ -1,4 +1,4 @@
-"""The Trainer subclass and callbacks used by ``train``: throughput, log lines, Ctrl-C, sampler.
+"""The Trainer subclass and callbacks used by ``train``: throughput, log lines, Ctrl-C, sampler, loss.
 
 Imported only by the train stage, so transformers is imported at module level here.
 """
@@ -19,7 +19,9 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from persona_pipeline.core.errors import PipelineError
-from persona_pipeline.training.collate import EpochLengthGroupedSampler
+from persona_pipeline.core.procmem import PhasePeaks
+from persona_pipeline.training.collate import EpochLengthGroupedSampler, without_redundant_mask
+from persona_pipeline.training.loss import label_position_loss, supports_label_loss
 
 log = logging.getLogger("persona_pipeline.stages.train")
 
@@ -49,14 +51,36 @@ class ThroughputWindow(TrainerCallback):
 
 
 class PersonaTrainer(Trainer):
-    """Trainer + ``tokens_per_second`` in the logs + a resumable length-grouped sampler."""
+    """Trainer + ``tokens_per_second`` in the logs + a resumable length-grouped sampler.
 
-    def __init__(self, *a, train_lengths=None, batching: str = "group_by_length", **kw):
+    ``loss_chunk_size`` > 0: logits only at label positions, cross-entropy in chunks of that
+    many tokens (:mod:`persona_pipeline.training.loss`); 0: the model's own full-logits loss.
+    """
+
+    def __init__(self, *a, train_lengths=None, batching: str = "group_by_length", loss_chunk_size: int = 0, **kw):
         self.window = ThroughputWindow()
         callbacks = list(kw.pop("callbacks", None) or []) + [self.window]
         super().__init__(*a, callbacks=callbacks, **kw)
         self._lengths = train_lengths
         self._batching = batching
+        if loss_chunk_size < 0:
+            raise PipelineError(f"train.loss_chunk_size must be >= 0, got {loss_chunk_size}",
+                                hint="use e.g. train.loss_chunk_size=1024, or 0 for the model's full-logits loss")
+        if loss_chunk_size and not supports_label_loss(self.model):
+            log.info("label-position loss not applicable to this model's LM head: using full logits")
+            loss_chunk_size = 0
+        self.loss_chunk_size = loss_chunk_size
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        inputs = without_redundant_mask(inputs)  # the Trainer counted real tokens from the mask already
+        if not self.loss_chunk_size or "labels" not in inputs:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        loss, outputs = label_position_loss(model, inputs, chunk_size=self.loss_chunk_size,
+                                            num_items_in_batch=num_items_in_batch)
+        # The scaling Trainer.compute_loss applies to a model loss normalised by the global token count.
+        if self.args.average_tokens_across_devices and self.model_accepts_loss_kwargs and num_items_in_batch is not None:
+            loss = loss * (self.accelerator.num_processes // self.get_tp_size())
+        return (loss, outputs) if return_outputs else loss
 
     def _get_train_sampler(self, train_dataset=None):
         if self._batching == "group_by_length" and self._lengths is not None:
@@ -91,6 +115,22 @@ class PersonaTrainer(Trainer):
         out = super().evaluate(*a, **kw)
         self.window.restart(self.state.num_input_tokens_seen)  # eval time is not training throughput
         return out
+
+
+class RssPhases(TrainerCallback):
+    """Peak RSS of the training steps, the evaluations and the checkpoint saves, each apart."""
+
+    def __init__(self, peaks: PhasePeaks):
+        self.peaks = peaks
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.peaks.mark("train_steps")
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        self.peaks.mark("eval")
+
+    def on_save(self, args, state, control, **kwargs):
+        self.peaks.mark("checkpoint_save")
 
 
 class QuietProgress(ProgressCallback):

@@ -35,7 +35,7 @@ from persona_pipeline.core.crypto import CryptoError, data_key, decrypt_bytes, e
 from persona_pipeline.core.errors import DataError
 from persona_pipeline.core.fsutil import atomic_write_bytes
 from persona_pipeline.core.modeling import load_tokenizer
-from persona_pipeline.core.prompt_format import turn_starts
+from persona_pipeline.core.prompt_format import render_completion, render_prompt, turn_starts
 from persona_pipeline.core.records import Record, read_records
 
 log = logging.getLogger(__name__)
@@ -210,8 +210,14 @@ def load_tokenized(cfg: Config, split: str, force: bool = False, tokenizer=None)
     """
     key = data_key(cfg)
     data_path = _split_path(cfg, split)
-    records = read_records(data_path, key)
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg)
+    fmt = cfg.model.prompt_format
+    # The cache key hashes the rendered text, so a change of prompt format rebuilds the cache.
+    records = [
+        {"prompt": render_prompt(r["prompt"], fmt, tokenizer),
+         "completion": render_completion(r["prompt"], r["completion"], fmt, tokenizer)}
+        for r in read_records(data_path, key)
+    ]
     max_length = cfg.data.max_length
     digest = cache_key(records, tokenizer, max_length)
     path = cache_dir(cfg) / f"{split}-{digest[:16]}.tok.enc"
