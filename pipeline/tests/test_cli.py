@@ -42,7 +42,7 @@ def test_python_dash_m_entry_point():
 
 
 def test_make_help_lists_targets_and_variables():
-    proc = subprocess.run(["make", "-s", "-C", str(PIPELINE), "help"], capture_output=True, text=True)
+    proc = subprocess.run(["make", "-s", "--no-print-directory", "-C", str(PIPELINE), "help"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     for target in ["venv", "install", "base-model", "data", "validate-data", "tokenize", "train", "train-bg",
                    "merge", "eval", "compare", "gguf", "gguf-check", "publish-hf", "bench", "demo", "test"]:
@@ -59,8 +59,8 @@ def test_show_config_prints_resolved(capsys):
 
 def test_bare_config_names_resolve_from_any_folder(tmp_path):
     """The seed's commands as written: TRAIN_CONFIG=train_llama31_8b_instruct (no folder, no .yaml)."""
-    proc = subprocess.run(["make", "-s", "-C", str(PIPELINE), "show-config", "TRAIN_CONFIG=train_llama31_8b_instruct"],
-                          capture_output=True, text=True)
+    proc = subprocess.run(["make", "-s", "--no-print-directory", "-C", str(PIPELINE), "show-config",
+                           "TRAIN_CONFIG=train_llama31_8b_instruct"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "name: llama31_8b_instruct" in proc.stdout and "meta-llama/Llama-3.1-8B-Instruct" in proc.stdout
     # The CLI itself, from another folder, with or without .yaml; an unknown name lists the shipped ones.

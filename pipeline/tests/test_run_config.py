@@ -55,9 +55,11 @@ def test_a_config_for_another_model_or_data_is_an_error_naming_both(tmp_path, ti
 def test_make_targets_leave_the_config_to_the_run():
     """The Makefile passes --config only when you set TRAIN_CONFIG / EVAL_CONFIG / BASELINE_CONFIG yourself."""
     def dry(*args):
-        proc = subprocess.run(["make", "-s", "-n", "-C", str(PIPELINE), *args], capture_output=True, text=True)
+        # --no-print-directory: under an outer make (CI runs `make test`) -C adds enter/leave lines.
+        proc = subprocess.run(["make", "-s", "-n", "--no-print-directory", "-C", str(PIPELINE), *args],
+                              capture_output=True, text=True)
         assert proc.returncode == 0, proc.stderr
-        return proc.stdout.strip().splitlines()[-1]
+        return next(line.strip() for line in proc.stdout.splitlines() if "persona-pipeline " in line)
 
     for target in ("merge", "eval", "compare", "gguf", "gguf-check", "publish-hf", "chat"):
         assert "--config" not in dry(target), target
