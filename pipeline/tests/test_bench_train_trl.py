@@ -20,10 +20,9 @@ def test_variant_names_and_threads():
 @pytest.mark.slow
 def test_project_and_trl_train_on_the_same_tokens(make_cfg, write_dataset):
     pytest.importorskip("trl")
-    cfg = make_cfg("train_tiny.yaml", "train.bench_trl_steps=3", "train.bench_trl_repeats=1", "train.batch_size=4",
-                   "train.bench_eval_samples=4", "train.bench_trl_variants=[trl_padding_free,project]")
+    cfg = make_cfg("train_tiny.yaml", "train.batch_size=4")
     write_dataset(cfg, n_train=24, n_eval=4)
-    res = bench(cfg)
+    res = bench(cfg, steps=3, repeats=1, eval_samples=4, variants=("trl_padding_free", "project"))
     assert json.loads(bench_path(cfg).read_text()) == res
     v = res["variants"]
     runs = {k: x["runs"][0] for k, x in v.items()}

@@ -31,6 +31,13 @@ def _positive(text: str) -> int:
     return value
 
 
+def _variant_list(text: str) -> tuple[str, ...]:
+    names = tuple(v.strip() for v in text.split(",") if v.strip())
+    if not names:
+        raise argparse.ArgumentTypeError("expected comma-separated variant names, e.g. trl_best,project,project@2")
+    return names
+
+
 # Options without a default here take the stage function's default (defined once, in its signature).
 _OPTION_ARGS: dict[str, tuple[tuple[str, ...], dict]] = {
     "force": (("--force",), dict(action="store_true", help="rebuild even if the output exists")),
@@ -45,8 +52,12 @@ _OPTION_ARGS: dict[str, tuple[tuple[str, ...], dict]] = {
                                              help="sample at this temperature (0: greedy; default: the eval config's decoding)")),
     "input": (("--input",), dict(default=None, help="input file")),
     "output": (("--output",), dict(default=None, help="output file or folder")),
-    "steps": (("--steps",), dict(type=_positive, help="bench-train: timed optimizer steps per variant and repeat (default 8)")),
-    "samples": (("--samples",), dict(type=_positive, help="bench-eval / bench-format: eval prompts to generate (default 32 / 24)")),
+    "steps": (("--steps",), dict(type=_positive, help="optimizer steps per variant and repeat "
+                                 "(default: bench-train 8 timed steps, bench-train-trl 40 = one epoch over their samples)")),
+    "samples": (("--samples",), dict(type=_positive, help="eval samples: prompts to generate (bench-eval 32, bench-format 24), "
+                                     "or scored for eval loss after training (bench-train-trl 48)")),
+    "variants": (("--variants",), dict(type=_variant_list, help="bench-train-trl: comma-separated variants, each "
+                                       "optionally @THREADS (default trl_defaults,trl_best,trl_padding_free,project)")),
     "repeats": (("--repeats",), dict(type=_positive, help="benchmark repeats; medians are reported (default 3)")),
 }
 

@@ -173,13 +173,6 @@ class TrainConfig:
     # Logits only at label positions, cross-entropy over this many label tokens at a time (memory
     # bounded by chunk x vocab instead of batch x seq x vocab); 0: the model's full-logits loss.
     loss_chunk_size: int = bounded(1024, ge=0)
-    # bench-train-trl: optimizer steps per variant (one epoch over that many steps' samples),
-    # repeats (medians), the variants (name or name@threads) and the eval samples scored after training.
-    bench_trl_steps: int = bounded(40, ge=1)
-    bench_trl_repeats: int = bounded(3, ge=1)
-    bench_trl_variants: list[str] = field(
-        default_factory=lambda: ["trl_defaults", "trl_best", "trl_padding_free", "project"])
-    bench_eval_samples: int = bounded(48, ge=0)
     optim: str = "adamw_torch"
     report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
 

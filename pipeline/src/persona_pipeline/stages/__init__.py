@@ -49,7 +49,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("bench-train", "stages.bench_train:run", "benchmark: our batching vs padding to max_length",
           ("steps", "repeats", "overrides")),
     Stage("bench-train-trl", "stages.bench_train_trl:run", "benchmark: our training vs TRL's SFTTrainer settings",
-          ("overrides",)),
+          ("steps", "repeats", "samples", "variants", "overrides")),
     Stage("profile-train", "stages.profile_train:run", "torch.profiler: where the time of one training step goes"),
     Stage("bench-eval", "stages.bench_eval:run", "benchmark: batched vs one-at-a-time generation", ("samples", "repeats")),
     Stage("bench-format", "stages.bench_format:run", "benchmark: plain Human:/Name: prompt vs the model's chat template",

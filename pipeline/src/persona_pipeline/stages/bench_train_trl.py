@@ -1,10 +1,10 @@
 """Stage ``bench-train-trl``: the project's training against TRL's ``SFTTrainer``, side by side.
 
 Every variant trains the same LoRA model (same initial weights, LoRA dropout 0) for one
-epoch over the same seeded subset of the training set (``train.bench_trl_steps`` x batch
-size samples, already tokenized, so every variant sees exactly the same tokens and
-labels), with the same learning rate, schedule, samples per optimizer step and optimizer (TRL takes a
-step's samples in one batch; the project in its configured micro-batches with gradient
+epoch over the same seeded subset of the training set (``--steps`` x samples-per-step,
+already tokenized, so every variant sees exactly the same tokens and labels), with the
+same learning rate, schedule, samples per optimizer step and optimizer (TRL takes a step's
+samples in one batch; the project in its configured micro-batches with gradient
 accumulation, the same loss normalised over the whole step):
 
 * ``trl_defaults``: ``SFTConfig`` defaults (bf16 autocast, gradient checkpointing);
@@ -21,7 +21,7 @@ rotates between repeats. Reported per variant: real (non-padding) tokens per sec
 ``trainer.train()`` (median and min-max over repeats), the padding share, the peak RSS
 growth during training (VmHWM reset after loading) and the absolute peak, and the eval
 loss after training, computed for every variant by the same function (mean over the
-label tokens of the first ``train.bench_eval_samples`` eval samples, first repeat only).
+label tokens of the first ``--samples`` eval samples, first repeat only).
 Ratios are paired: project / other within the same repeat. The load average is recorded
 with every child, as timings on a shared machine vary with what else runs.
 """
@@ -67,6 +67,7 @@ log = logging.getLogger(__name__)
 TRL_VARIANTS = ("trl_defaults", "trl_best", "trl_padding_free")
 PROJECT_VARIANTS = ("project", "project_full_logits")
 VARIANTS = (*TRL_VARIANTS, *PROJECT_VARIANTS)
+DEFAULT_VARIANTS = ("trl_defaults", "trl_best", "trl_padding_free", "project")
 TARGET_RATIO = 1.3  # project vs trl_best, real tokens/s (issue 15)
 
 
@@ -78,7 +79,7 @@ def parse_variant(spec: str, default_threads: int | None) -> tuple[str, int | No
     """``"project@2"`` -> ("project", 2); an unknown name is a PipelineError."""
     name, _, threads = spec.partition("@")
     if name not in VARIANTS or (threads and not threads.isdigit()):
-        raise PipelineError(f"train.bench_trl_variants: unknown variant {spec!r}",
+        raise PipelineError(f"bench-train-trl --variants: unknown variant {spec!r}",
                             hint=f"use {', '.join(VARIANTS)}, optionally with @THREADS (e.g. project@2)")
     return name, int(threads) if threads else default_threads
 
@@ -207,9 +208,12 @@ def _stats(xs: list[float], nd: int = 1) -> dict:
     return {"median": round(statistics.median(xs), nd), "min": round(min(xs), nd), "max": round(max(xs), nd)}
 
 
-def bench(cfg: Config, *, command: str | None = None) -> dict[str, Any]:
+def bench(cfg: Config, *, steps: int = 40, repeats: int = 3, variants: tuple[str, ...] = DEFAULT_VARIANTS,
+          eval_samples: int = 48, command: str | None = None) -> dict[str, Any]:
     """Run the comparison, write ``outputs/bench/bench_train_trl.json`` and return its content."""
-    specs = [parse_variant(s, cfg.train.num_threads) for s in cfg.train.bench_trl_variants]
+    if len(set(variants)) != len(variants):
+        raise PipelineError(f"bench-train-trl --variants: a variant is named twice in {','.join(variants)}")
+    specs = [parse_variant(s, cfg.train.num_threads) for s in variants]
     if any(n in TRL_VARIANTS for n, _ in specs) and importlib.util.find_spec("trl") is None:
         raise PipelineError("bench-train-trl needs TRL, which is not installed",
                             hint="make bench-train installs it; or: .venv/bin/python -m pip install -e '.[bench]'")
@@ -219,14 +223,13 @@ def bench(cfg: Config, *, command: str | None = None) -> dict[str, Any]:
     tok = load_tokenizer(bcfg)
     train_ts = load_tokenized(bcfg, "train", tokenizer=tok)
     eval_ts = load_tokenized(bcfg, "eval", tokenizer=tok)
-    n = min(len(train_ts.samples), cfg.train.bench_trl_steps * _step_samples(cfg))
+    n = min(len(train_ts.samples), steps * _step_samples(cfg))
     idx = sorted(random.Random(cfg.seed).sample(range(len(train_ts.samples)), n))
     train = [train_ts.samples[i] for i in idx]
-    evl = list(eval_ts.samples[: cfg.train.bench_eval_samples])
+    evl = list(eval_ts.samples[:eval_samples])
 
-    names = list(cfg.train.bench_trl_variants)
+    names = list(variants)
     runs: dict[str, list[dict]] = {k: [] for k in names}
-    repeats = cfg.train.bench_trl_repeats
     with tqdm(total=repeats * len(specs), desc="bench-train-trl", unit="run") as bar:
         for r in range(repeats):
             order = list(range(len(specs)))
@@ -301,10 +304,12 @@ def _version(pkg: str) -> str | None:
         return None
 
 
-def run(cfg: Config, *, overrides: tuple[str, ...] = ()) -> int:
-    args = " ".join(overrides)
-    command = f"make bench-train TRAIN_CONFIG={config_arg(cfg)}" + (f" ARGS='{args}'" if args else "")
-    res = bench(cfg, command=command)
+def run(cfg: Config, *, steps: int = 40, repeats: int = 3, samples: int = 48,
+        variants: tuple[str, ...] = DEFAULT_VARIANTS, overrides: tuple[str, ...] = ()) -> int:
+    opts = f"--steps {steps} --repeats {repeats} --samples {samples} --variants {','.join(variants)}"
+    extra = f" ARGS='{' '.join(overrides)}'" if overrides else ""
+    command = f"make bench-train-trl TRAIN_CONFIG={config_arg(cfg)} BENCH_ARGS='{opts}'{extra}"
+    res = bench(cfg, steps=steps, repeats=repeats, variants=tuple(variants), eval_samples=samples, command=command)
     st = res["settings"]
     print(f"bench-train-trl ({st['model']}, {st['train_samples']} samples = {st['optimizer_steps']} steps of "
           f"{st['batch_size']}, {st['repeats']} repeats; medians [min-max]):")
