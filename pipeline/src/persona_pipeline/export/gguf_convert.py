@@ -1,10 +1,11 @@
-"""Hugging Face Llama folder -> one GGUF file, in-process, with the ``gguf`` package.
+"""Hugging Face Llama/Mistral/Qwen2/Gemma2 folder -> one GGUF file, in-process, with the ``gguf`` package.
 
 Tensors are streamed one at a time (safetensors -> numpy -> quantized -> file),
-so memory stays near one tensor. Names follow llama.cpp; q/k projections are
-permuted into llama.cpp's rotary layout (without it the file loads and the
-model is wrong). F32/F16/BF16/Q8_0/Q4_0/Q4_1/Q5_0/Q5_1 are quantized in numpy;
-K-quants go through llama.cpp's quantizer (see :mod:`persona_pipeline.export.llamacpp`).
+so memory stays near one tensor. Names follow llama.cpp; for the ``llama`` graph q/k
+projections are permuted into llama.cpp's rotary layout (without it the file loads and
+the model is wrong); what else differs per architecture is in :mod:`.gguf_arch`.
+F32/F16/BF16/Q8_0/Q4_0/Q4_1/Q5_0/Q5_1 are quantized in numpy; K-quants go through
+llama.cpp's quantizer (see :mod:`persona_pipeline.export.llamacpp`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from persona_pipeline.core.errors import PipelineError
+from persona_pipeline.export.gguf_arch import ARCHS, add_arch_hparams, arch_spec, check_supported, transform
 from persona_pipeline.export.gguf_io import open_weights, permute_qk, read_hf_config, tensor_types
 from persona_pipeline.export.gguf_vocab import VocabMetadata, add_to_writer, read_vocab
 from persona_pipeline.export.llamacpp import find_quantizer, kquant_hint, quantize
@@ -37,8 +39,8 @@ NUMPY_QUANTS = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1")
 K_QUANTS = ("Q2_K", "Q3_K_S", "Q3_K_M", "Q3_K_L", "Q4_K_S", "Q4_K_M", "Q5_K_S", "Q5_K_M", "Q6_K")
 
 
-# HF architectures written as llama.cpp's "llama" graph (Mistral is Llama with another tokenizer).
-LLAMA_ARCHS = ("LlamaForCausalLM", "MistralForCausalLM")
+# HF architectures the in-process exporter writes.
+SUPPORTED_ARCHS = tuple(ARCHS)
 
 
 @dataclass
@@ -130,7 +132,7 @@ def _info_shape(shape: tuple[int, ...], qtype) -> tuple[tuple[int, ...], Any, in
 
 
 def _add_hparams(writer, hf: dict[str, Any], n_vocab: int, head_dim: int, theta: float, scaling: dict[str, Any]) -> None:
-    """``llama.*`` architecture keys: sizes, heads, norms, rope."""
+    """``<arch>.*`` keys every architecture has: sizes, heads, norms, rope."""
     writer.add_vocab_size(n_vocab)
     writer.add_context_length(hf.get("max_position_embeddings", 2048))
     writer.add_embedding_length(hf["hidden_size"])
@@ -159,7 +161,7 @@ def convert(
     permute: bool = True,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Write ``out_path`` (atomically) from a Hugging Face Llama folder. numpy quant types only.
+    """Write ``out_path`` (atomically) from a Hugging Face model folder. numpy quant types only.
 
     ``vocab`` and ``permute`` exist so tests can reproduce the known export mistakes.
     Returns a summary: tensor types, fallbacks, size, seconds.
@@ -169,36 +171,33 @@ def convert(
     if quant not in NUMPY_QUANTS:
         raise PipelineError(f"convert() writes {', '.join(NUMPY_QUANTS)}; got {quant}")
     hf = read_hf_config(model_dir)
-    archs = hf.get("architectures") or []
-    if not any(a in LLAMA_ARCHS for a in archs):
-        raise PipelineError(
-            f"{model_dir}/config.json: architecture {archs or '?'} is not supported by the in-process exporter "
-            f"(supported: {', '.join(LLAMA_ARCHS)})",
-            hint="convert it with llama.cpp's convert_hf_to_gguf.py, then `make gguf-check INPUT=file.gguf`",
-        )
+    arch_name, spec = arch_spec(hf, f"{model_dir}/config.json")
+    permute = permute and spec.permute_qk
     n_layer, n_head = hf["num_hidden_layers"], hf["num_attention_heads"]
     n_head_kv = hf.get("num_key_value_heads") or n_head
     head_dim = hf.get("head_dim") or hf["hidden_size"] // n_head
     theta, scaling = _rope(hf)
     rope_type = scaling["rope_type"]
-    if rope_type not in ("default", "linear", "llama3"):
+    if rope_type not in spec.rope_scaling:
         raise PipelineError(
-            f"{model_dir}/config.json: rope scaling '{rope_type}' is not supported by the in-process exporter",
+            f"{model_dir}/config.json: rope scaling '{rope_type}' of {arch_name} is not supported by the "
+            "in-process exporter",
             hint="use llama.cpp's convert_hf_to_gguf.py for this model",
         )
-    tensor_map = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, n_layer)
+    check_supported(arch_name, hf, head_dim, f"{model_dir}/config.json")
+    tensor_map = gguf.get_tensor_name_map(spec.arch, n_layer)
 
     with open_weights(model_dir) as handles:
         embed = handles.get("model.embed_tokens.weight")
         if embed is None:
-            raise PipelineError(f"{model_dir}: no model.embed_tokens.weight; not a Llama checkpoint")
+            raise PipelineError(f"{model_dir}: no model.embed_tokens.weight; not a {arch_name} checkpoint")
         n_vocab = embed.get_slice("model.embed_tokens.weight").get_shape()[0]
         vocab = vocab or read_vocab(model_dir, n_vocab)
 
         plan: list[_Planned] = []
         for hf_name in handles:
-            if hf_name.endswith("rotary_emb.inv_freq"):
-                continue  # recomputed by llama.cpp
+            if hf_name.endswith("rotary_emb.inv_freq") or hf_name in spec.skip:
+                continue  # recomputed by llama.cpp / not read by it
             mapped = tensor_map.get_name(hf_name, try_suffixes=(".weight", ".bias"))
             if mapped is None:
                 raise PipelineError(f"{model_dir}: tensor {hf_name} has no llama.cpp counterpart")
@@ -212,7 +211,7 @@ def convert(
         fd, tmp_name = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".tmp", dir=out_path.parent)
         os.close(fd)
         tmp = Path(tmp_name)
-        writer = gguf.GGUFWriter(tmp, gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA])
+        writer = gguf.GGUFWriter(tmp, gguf.MODEL_ARCH_NAMES[spec.arch])
         try:
             writer.add_type("model")
             writer.add_name(name)
@@ -223,6 +222,7 @@ def convert(
             writer.add_file_type(int(ftype))
             writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
             _add_hparams(writer, hf, n_vocab, head_dim, theta, scaling)
+            add_arch_hparams(writer, arch_name, hf)
             add_to_writer(writer, vocab)
 
             extra: dict[str, Any] = {}
@@ -240,7 +240,7 @@ def convert(
             for arr in extra.values():
                 writer.write_tensor_data(arr)
             for p in tqdm(plan, desc=f"gguf {quant}", unit="tensor", disable=not progress, leave=False):
-                data = handles[p.hf_name].get_tensor(p.hf_name).float().numpy()
+                data = transform(spec, p.hf_name, handles[p.hf_name].get_tensor(p.hf_name).float().numpy())
                 if permute and p.hf_name.endswith(("q_proj.weight", "q_proj.bias")):
                     data = permute_qk(data, n_head)
                 elif permute and p.hf_name.endswith(("k_proj.weight", "k_proj.bias")):
@@ -270,6 +270,7 @@ def convert(
         "f16_fallback": fallbacks,
         "tokenizer": {"model": vocab.model, "pre": vocab.pre, "tokens": len(vocab.tokens), "merges": len(vocab.merges)},
         "n_vocab": int(n_vocab),
+        "architecture": gguf.MODEL_ARCH_NAMES[spec.arch],
         "permuted_qk": permute,
     }
 

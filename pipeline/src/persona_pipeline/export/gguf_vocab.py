@@ -10,26 +10,28 @@ whether BOS is prepended.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import gguf
 from transformers import AutoTokenizer
 
 from persona_pipeline.core.errors import PipelineError
 
 # token types (gguf.TokenType values; kept here so that reading metadata needs no gguf import)
-NORMAL, CONTROL, USER_DEFINED, UNUSED = 1, 3, 4, 5
+NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 
 # Split regexes of known byte-level BPE tokenizers -> llama.cpp pre-tokenizer names.
 _LLAMA3_REGEX = (
     "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*"
     "|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+"
 )
-_KNOWN_SPLITS = {_LLAMA3_REGEX: "llama-bpe"}
+_QWEN2_REGEX = (  # Llama 3's with single digits
+    "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*"
+    "|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+"
+)
+_KNOWN_SPLITS = {_LLAMA3_REGEX: "llama-bpe", _QWEN2_REGEX: "qwen2"}
 
 
 @dataclass
@@ -45,6 +47,7 @@ class VocabMetadata:
     special_ids: dict[str, int] = field(default_factory=dict)  # bos, eos, pad, unk
     add_bos: bool = False
     add_eos: bool = False
+    add_space_prefix: bool | None = None  # SentencePiece only: "▁" before the text
     chat_template: str | None = None
 
 
@@ -77,7 +80,7 @@ def detect_pre_tokenizer(pre_tokenizer: dict[str, Any] | None, source: Path) -> 
             return _KNOWN_SPLITS[regex]
     raise PipelineError(
         f"{source}: unrecognised byte-level pre-tokenizer {json.dumps(pre_tokenizer)[:200]}",
-        hint="the exporter knows gpt-2, smollm and llama-bpe (Llama 3); for other tokenizers use "
+        hint="the exporter knows gpt-2, smollm, llama-bpe (Llama 3) and qwen2; for other tokenizers use "
         "llama.cpp's convert_hf_to_gguf.py, which recognises many more",
     )
 
@@ -143,7 +146,7 @@ def read_vocab(model_dir: Path, n_vocab: int) -> VocabMetadata:
     add_bos, add_eos = _adds_bos(tokenizer)
 
     if tmodel.get("byte_fallback"):
-        return _sentencepiece_vocab(model_dir, n_vocab, special_ids, add_bos, add_eos, tokenizer.chat_template)
+        return _sentencepiece_vocab(tj, by_id, added, n_vocab, special_ids, add_bos, add_eos, tokenizer.chat_template)
 
     tokens, types = [], []
     for i in range(n_vocab):
@@ -175,27 +178,54 @@ def read_vocab(model_dir: Path, n_vocab: int) -> VocabMetadata:
     )
 
 
-def _sentencepiece_vocab(model_dir: Path, n_vocab: int, special_ids, add_bos, add_eos, chat_template) -> VocabMetadata:
-    """SentencePiece-style vocabularies (Mistral, Llama 2) need tokenizer.model for the piece scores."""
-    if not (model_dir / "tokenizer.model").is_file() or importlib.util.find_spec("sentencepiece") is None:
-        raise PipelineError(
-            f"{model_dir}: SentencePiece-style tokenizer; its piece scores come from tokenizer.model "
-            "and the `sentencepiece` package",
-            hint="copy tokenizer.model from the base model into merged/ and `pip install sentencepiece`",
-        )
-    spm = gguf.SentencePieceVocab(model_dir)
+def _adds_space_prefix(tj: dict[str, Any]) -> bool:
+    """Whether the tokenizer puts "▁" before the text (Llama 2 / Mistral do, Gemma does not)."""
+    def parts(section: dict[str, Any] | None, key: str) -> list[dict[str, Any]]:
+        if not section:
+            return []
+        return section.get(key) or [] if section.get("type") == "Sequence" else [section]
+
+    for p in parts(tj.get("pre_tokenizer"), "pretokenizers"):
+        if p.get("type") == "Metaspace" and p.get("prepend_scheme", "always") in ("first", "always"):
+            return True
+    return any(p.get("type") == "Prepend" and p.get("prepend") == "▁" for p in parts(tj.get("normalizer"), "normalizers"))
+
+
+def _sentencepiece_vocab(tj: dict[str, Any], by_id: dict[int, str], added: dict[int, dict], n_vocab: int,
+                         special_ids, add_bos, add_eos, chat_template) -> VocabMetadata:
+    """SentencePiece-style BPE (byte fallback: Llama 2, Mistral, Gemma) from tokenizer.json alone.
+
+    llama.cpp's SentencePiece tokenizer merges the pair whose result has the highest score;
+    transformers merges the pair with the lowest merge rank. A token's score is therefore
+    minus the rank of the first merge that builds it, so both merge in the same order
+    (transformers 5 no longer saves tokenizer.model, so the original scores are not at hand).
+    """
+    rank: dict[str, int] = {}
+    for i, m in enumerate(tj["model"].get("merges") or []):
+        a, b = m.split(" ", 1) if isinstance(m, str) else m
+        rank.setdefault(a + b, i)
+    unk = special_ids.get("unk")
     tokens, scores, types = [], [], []
-    for text, score, ttype in spm.all_tokens():
-        tokens.append(text.decode("utf-8"))
-        scores.append(score)
-        types.append(int(ttype))
-    while len(tokens) < n_vocab:
-        tokens.append(f"[PAD{len(tokens)}]")
-        scores.append(-1000.0)
-        types.append(UNUSED)
+    for i in range(n_vocab):
+        text = added[i]["content"] if i in added else by_id.get(i)
+        if text is None:  # embedding rows beyond the tokenizer
+            tokens.append(f"[PAD{i}]")
+            scores.append(-1e9)
+            types.append(UNUSED)
+            continue
+        tokens.append(text)
+        scores.append(-float(rank.get(text, len(rank) + i)))
+        if i in added:
+            types.append(CONTROL if added[i].get("special") or i == unk else USER_DEFINED)
+        elif i == unk:
+            types.append(UNKNOWN)
+        elif len(text) == 6 and text.startswith("<0x") and text.endswith(">"):
+            types.append(BYTE)  # byte-fallback pieces <0x00>..<0xFF>
+        else:
+            types.append(NORMAL)
     return VocabMetadata(
-        model="llama", pre="default", tokens=tokens[:n_vocab], token_types=types[:n_vocab],
-        scores=scores[:n_vocab], special_ids=special_ids, add_bos=add_bos, add_eos=add_eos,
+        model="llama", pre="default", tokens=tokens, token_types=types, scores=scores,
+        special_ids=special_ids, add_bos=add_bos, add_eos=add_eos, add_space_prefix=_adds_space_prefix(tj),
         chat_template=chat_template if isinstance(chat_template, str) else None,
     )
 
@@ -215,5 +245,7 @@ def add_to_writer(writer: Any, vocab: VocabMetadata) -> None:
         getattr(writer, f"add_{name}_token_id")(tid)
     writer.add_add_bos_token(vocab.add_bos)
     writer.add_add_eos_token(vocab.add_eos)
+    if vocab.add_space_prefix is not None:
+        writer.add_add_space_prefix(vocab.add_space_prefix)
     if vocab.chat_template:
         writer.add_chat_template(vocab.chat_template)
