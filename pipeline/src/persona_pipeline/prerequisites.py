@@ -23,7 +23,10 @@ NEEDS: dict[str, tuple[str, ...]] = {
     "eval": ("base-model", "data"),
     "validate-data": ("data",),
     "bench-train": ("base-model", "data"),
+    "bench-train-trl": ("base-model", "data"),
+    "profile-train": ("base-model", "data"),
     "bench-eval": ("base-model", "data"),
+    "bench-format": ("base-model", "data"),
 }
 
 

@@ -72,7 +72,8 @@ TARGET_RATIO = 1.3  # project vs trl_best, real tokens/s (issue 15)
 
 
 def bench_path(cfg: Config) -> Path:
-    return bench_file(cfg.outputs_dir, "bench_train_trl.json")
+    """One file per config: the tiny model's and SmolLM2's comparisons do not overwrite each other."""
+    return bench_file(cfg.outputs_dir, f"bench_train_trl_{cfg.name}.json")
 
 
 def parse_variant(spec: str, default_threads: int | None) -> tuple[str, int | None]:
@@ -210,7 +211,7 @@ def _stats(xs: list[float], nd: int = 1) -> dict:
 
 def bench(cfg: Config, *, steps: int = 40, repeats: int = 3, variants: tuple[str, ...] = DEFAULT_VARIANTS,
           eval_samples: int = 48, command: str | None = None) -> dict[str, Any]:
-    """Run the comparison, write ``outputs/bench/bench_train_trl.json`` and return its content."""
+    """Run the comparison, write ``outputs/bench/bench_train_trl_<config>.json`` and return its content."""
     if len(set(variants)) != len(variants):
         raise PipelineError(f"bench-train-trl --variants: a variant is named twice in {','.join(variants)}")
     specs = [parse_variant(s, cfg.train.num_threads) for s in variants]
