@@ -60,7 +60,8 @@ def test_trains_two_steps_merges_and_generates(smollm2_dir, tmp_path, write_data
         f"model.name_or_path={smollm2_dir}", f"data.train={tmp_path / 'train.jsonl.enc'}",
         f"data.eval={tmp_path / 'eval.jsonl.enc'}", "data.max_length=96", "train.max_steps=2",
         "model.prompt_format=chat_template",
-        "train.batch_size=2", "train.num_threads=1", "train.report_to=[]", "lora.r=8", "lora.lora_alpha=16",
+        "train.batch_size=2", "train.gradient_accumulation_steps=1", "train.num_threads=1", "train.report_to=[]",
+        "lora.r=8", "lora.lora_alpha=16",
     ])
     _, evl = write_dataset(cfg, n_train=8, n_eval=4)
     tok = AutoTokenizer.from_pretrained(smollm2_dir)
