@@ -320,9 +320,9 @@ def run(cfg: Config, *, steps: int = 40, repeats: int = 3, samples: int = 48,
               f"padding {x['padding_fraction']:.1%}  peak RSS +{mem['median']:.0f} MiB  eval loss {x['eval_loss']}")
     for key, s in res["summary"].items():
         if key != "target":
-            r = s["throughput_ratio"]
-            print(f"  {key}: {r['median']}x [{r['min']}-{r['max']}] tokens/s, peak RSS x{s['peak_rss_growth_ratio']}, "
-                  f"eval loss {s['eval_loss_relative_diff']:+.2%}" if s["eval_loss_relative_diff"] is not None else "")
+            r, diff = s["throughput_ratio"], s["eval_loss_relative_diff"]
+            loss = f"eval loss {diff:+.2%}" if diff is not None else "eval loss not measured (no eval samples)"
+            print(f"  {key}: {r['median']}x [{r['min']}-{r['max']}] tokens/s, peak RSS x{s['peak_rss_growth_ratio']}, {loss}")
     if "target" in res["summary"]:
         print(f"  target (project >= {TARGET_RATIO}x trl_best, RSS not higher, eval loss within 1%): "
               f"{res['summary']['target']}")
