@@ -25,7 +25,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from persona_pipeline.core.errors import PipelineError
-from persona_pipeline.export.gguf_arch import ARCHS, add_arch_hparams, arch_spec, check_supported, transform
+from persona_pipeline.export.gguf_arch import add_arch_hparams, arch_spec, check_supported, transform
 from persona_pipeline.export.gguf_io import open_weights, permute_qk, read_hf_config, tensor_types
 from persona_pipeline.export.gguf_vocab import VocabMetadata, add_to_writer, read_vocab
 from persona_pipeline.export.llamacpp import find_quantizer, kquant_hint, quantize
@@ -37,10 +37,6 @@ NUMPY_QUANTS = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1")
 
 
 K_QUANTS = ("Q2_K", "Q3_K_S", "Q3_K_M", "Q3_K_L", "Q4_K_S", "Q4_K_M", "Q5_K_S", "Q5_K_M", "Q6_K")
-
-
-# HF architectures the in-process exporter writes.
-SUPPORTED_ARCHS = tuple(ARCHS)
 
 
 @dataclass

@@ -63,11 +63,18 @@ def _read_json(path: Path) -> dict[str, Any]:
         raise PipelineError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from None
 
 
+def _sequence_parts(section: dict[str, Any] | None, key: str) -> list[dict[str, Any]]:
+    """The steps of a tokenizer.json section: the members of a ``Sequence``, else the section itself."""
+    if not section:
+        return []
+    return list(section.get(key) or []) if section.get("type") == "Sequence" else [section]
+
+
 def detect_pre_tokenizer(pre_tokenizer: dict[str, Any] | None, source: Path) -> str:
     """The llama.cpp pre-tokenizer name for a byte-level BPE ``pre_tokenizer`` section."""
     if not pre_tokenizer:
         raise PipelineError(f"{source}: the tokenizer has no pre_tokenizer; cannot tell llama.cpp how to split text")
-    parts = pre_tokenizer.get("pretokenizers") if pre_tokenizer.get("type") == "Sequence" else [pre_tokenizer]
+    parts = _sequence_parts(pre_tokenizer, "pretokenizers")
     kinds = [p.get("type") for p in parts]
     if kinds == ["ByteLevel"] and parts[0].get("use_regex", True) and not parts[0].get("add_prefix_space", False):
         return "gpt-2"  # GPT-2's own regex, applied inside ByteLevel
@@ -180,15 +187,11 @@ def read_vocab(model_dir: Path, n_vocab: int) -> VocabMetadata:
 
 def _adds_space_prefix(tj: dict[str, Any]) -> bool:
     """Whether the tokenizer puts "▁" before the text (Llama 2 / Mistral do, Gemma does not)."""
-    def parts(section: dict[str, Any] | None, key: str) -> list[dict[str, Any]]:
-        if not section:
-            return []
-        return section.get(key) or [] if section.get("type") == "Sequence" else [section]
-
-    for p in parts(tj.get("pre_tokenizer"), "pretokenizers"):
+    for p in _sequence_parts(tj.get("pre_tokenizer"), "pretokenizers"):
         if p.get("type") == "Metaspace" and p.get("prepend_scheme", "always") in ("first", "always"):
             return True
-    return any(p.get("type") == "Prepend" and p.get("prepend") == "▁" for p in parts(tj.get("normalizer"), "normalizers"))
+    normalizers = _sequence_parts(tj.get("normalizer"), "normalizers")
+    return any(p.get("type") == "Prepend" and p.get("prepend") == "▁" for p in normalizers)
 
 
 def _sentencepiece_vocab(tj: dict[str, Any], by_id: dict[int, str], added: dict[int, dict], n_vocab: int,

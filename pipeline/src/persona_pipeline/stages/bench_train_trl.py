@@ -209,8 +209,8 @@ def _stats(xs: list[float], nd: int = 1) -> dict:
     return {"median": round(statistics.median(xs), nd), "min": round(min(xs), nd), "max": round(max(xs), nd)}
 
 
-def bench(cfg: Config, *, steps: int = 40, repeats: int = 3, variants: tuple[str, ...] = DEFAULT_VARIANTS,
-          eval_samples: int = 48, command: str | None = None) -> dict[str, Any]:
+def bench(cfg: Config, *, steps: int, repeats: int, variants: tuple[str, ...], eval_samples: int,
+          command: str | None = None) -> dict[str, Any]:
     """Run the comparison, write ``outputs/bench/bench_train_trl_<config>.json`` and return its content."""
     if len(set(variants)) != len(variants):
         raise PipelineError(f"bench-train-trl --variants: a variant is named twice in {','.join(variants)}")
